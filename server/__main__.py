@@ -1,0 +1,76 @@
+"""`python -m server` / `webserver`: run one node until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from functools import partial
+
+import trio
+
+from server.errors import ConfigError
+from server.node import serve_node
+from server.settings import Settings, env_name, load_settings
+from opentelemetry.trace import TracerProvider
+
+from tracing.setup import Telemetry, configure_tracing
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="webserver", description="Run one webserver node.")
+    p.add_argument("--config", help="settings file (default conf/webserver.toml; env WEBSERVER_CONFIG)")
+    p.add_argument("--bind", help=f"HOST:PORT to serve on (env {env_name('bind')})")
+    p.add_argument("--node-name", help=f"node name (env {env_name('node_name')})")
+    return p.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def run(settings: Settings) -> None:
+    log = logging.getLogger("server")
+    # Signals are caught from the start so a early SIGTERM still exits cleanly.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        telemetries: list[Telemetry] = []
+
+        def make_provider(node_name: str) -> TracerProvider:
+            telemetries.append(configure_tracing(settings.telemetry_config, node_name))
+            return telemetries[-1].provider
+
+        try:
+            async with trio.open_nursery() as nursery:
+                running = await nursery.start(partial(serve_node, settings, make_provider))
+                log.info("node %s serving on %s", running.node.name, running.url)
+                print(f"webserver node {running.node.name} listening on {running.url}", flush=True)
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    running.stop()
+                    break
+        finally:
+            for telemetry in telemetries:
+                await trio.to_thread.run_sync(telemetry.shutdown, settings.shutdown_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(config_path=args.config,
+                                 overrides={"bind": args.bind, "node_name": args.node_name})
+    except ConfigError as exc:
+        print(f"webserver: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        trio.run(run, settings)
+    except OSError as exc:
+        print(f"webserver: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

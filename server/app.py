@@ -1,0 +1,90 @@
+"""create_app(node): the Quart-Trio app for HTTP, and the ASGI entry that puts the
+tracing middleware and the WebSocket endpoint in front of it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from server.errors import RequestError
+from server.http.routes import api, json_response
+from server.http.ws import websocket_endpoint
+from tracing import spans as S
+from tracing.http import ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
+from tracing.websocket import fail
+
+if TYPE_CHECKING:
+    from server.node import Node
+
+log = logging.getLogger(__name__)
+
+
+def create_app(node: Node) -> QuartTrio:
+    app = QuartTrio("webserver")
+    app.config["NODE"] = node
+    app.config["MAX_CONTENT_LENGTH"] = node.settings.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.register_blueprint(api)
+    templates = {rule.rule: S.route_template(rule.rule) for rule in app.url_map.iter_rules()}
+
+    @app.before_request
+    async def name_span() -> None:
+        rule = request.url_rule
+        if rule is not None:
+            name_span_for_route(request.method, templates.get(rule.rule) or S.route_template(rule.rule))
+
+    @app.errorhandler(RequestError)
+    async def request_error(exc: RequestError) -> Response:
+        message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        return json_response({"error": message}, exc.status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        messages = {404: "not found", 405: f"method {request.method} not allowed here",
+                    413: f"request body over {node.settings.max_body_bytes} bytes"}
+        code = exc.code or 500
+        return json_response({"error": messages.get(code, exc.description or exc.name)}, code)
+
+    @app.errorhandler(Exception)
+    async def server_fault(exc: Exception) -> Response:
+        # Quart answers the fault itself, so the middleware never sees it: record here.
+        from opentelemetry import trace
+
+        fail(trace.get_current_span(), exc)
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"error": "internal server error"}, 500)
+
+    return app
+
+
+def create_asgi(node: Node, quart_app: QuartTrio | None = None) -> ASGIApp:
+    """The whole ASGI application: /ws to our endpoint, HTTP through tracing to Quart."""
+    quart = quart_app or create_app(node)
+    http = TracingMiddleware(quart, node.tracer)  # type: ignore[arg-type]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            if scope["path"] == "/ws":
+                await websocket_endpoint(node, dict(scope), receive, send)
+            else:
+                await _reject_websocket(receive, send)
+            return
+        await http(scope, receive, send)
+
+    app.quart = quart  # type: ignore[attr-defined]
+    return app
+
+
+async def _reject_websocket(receive: Receive, send: Send) -> None:
+    """A WebSocket to any path but /ws: answer the upgrade with a plain 404."""
+    await receive()
+    body = json.dumps({"error": "not found"}).encode()
+    start: dict[str, Any] = {"type": "websocket.http.response.start", "status": 404,
+                             "headers": [(b"content-type", b"application/json")]}
+    await send(start)
+    await send({"type": "websocket.http.response.body", "body": body})

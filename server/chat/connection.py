@@ -1,0 +1,110 @@
+"""One WebSocket client as the chat hub sees it: who it is, which rooms it is in,
+and its bounded outbound queue with the slow-consumer policy.
+
+Only the connection's own writer task awaits the socket. Everyone else hands
+it frames with `offer` (never blocks) or `send_reply` (bounded wait), so one
+stalled client cannot slow anybody else down.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+
+import trio
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+_ids = itertools.count(1)
+
+
+class Protocol(Enum):
+    TEXT = "text"  # the original's plain-text protocol
+    JSON = "webserver.v1"
+
+
+class Wake:
+    """Queued to wake the writer when a close is requested."""
+
+
+WAKE = Wake()
+Outgoing = str | Wake
+
+
+@dataclass(eq=False)
+class Connection:
+    username: str
+    protocol: Protocol
+    queue_size: int
+    slow_timeout: float
+    peer: str = ""
+    id: str = field(default_factory=lambda: f"c{next(_ids)}")
+    rooms: set[str] = field(default_factory=set)
+    dropped: int = 0
+    stuck_since: float | None = None
+    close_request: tuple[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.outbox, self.inbox = trio.open_memory_channel[Outgoing](self.queue_size)
+
+    def offer(self, frame: str) -> bool:
+        """Queue a frame without waiting; on a full queue drop it and maybe evict.
+
+        Returns False when the frame was not queued. Called by the broadcaster.
+        """
+        if self.close_request is not None:
+            return False
+        try:
+            self.outbox.send_nowait(frame)
+            return True
+        except trio.WouldBlock:
+            self.dropped += 1
+            now = trio.current_time()
+            if self.stuck_since is None:
+                self.stuck_since = now
+            elif now - self.stuck_since >= self.slow_timeout:
+                self.request_close(CLOSE_POLICY_VIOLATION,
+                                   f"slow consumer: {self.dropped} messages dropped")
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+
+    async def send_reply(self, frame: str) -> bool:
+        """Queue a reply to this client's own request, waiting (bounded) for room.
+
+        Replies are not dropped: the client's reader waits instead, which is
+        backpressure on that client alone. Past the slow-consumer limit it is closed.
+        """
+        if self.close_request is not None:
+            return False
+        with trio.move_on_after(self.slow_timeout):
+            try:
+                await self.outbox.send(frame)
+                return True
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        self.request_close(CLOSE_POLICY_VIOLATION, "slow consumer: replies not read")
+        return False
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Ask the writer to close with code; it does once any send in flight ends."""
+        if self.close_request is not None:
+            return
+        self.close_request = (code, reason)
+        if code == CLOSE_POLICY_VIOLATION:
+            log.warning("closing connection %s (%s): %s", self.id, self.username, reason)
+        try:
+            self.outbox.send_nowait(WAKE)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # full: the writer checks close_request after its current send
+
+    def mark_drained(self) -> None:
+        self.stuck_since = None

@@ -1,0 +1,198 @@
+"""The chat hub: rooms, the node's connections, and the one broadcaster task.
+
+Producers (connection readers) hand the broadcaster a message together with the
+OpenTelemetry context current when they produced it; the broadcaster re-attaches
+that context, so `chat.broadcast` is a child of the sender's `websocket.message`
+span although it runs in another task. Fan-out never awaits a client: each
+frame is encoded once per protocol and offered to every member's bounded queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from server.chat.connection import Connection, Protocol
+from server.chat.rooms import ChatMessage, Room, Rooms
+from server.errors import InvalidInput, NotFound, Unavailable
+from tracing import spans as S
+
+log = logging.getLogger(__name__)
+
+
+def utc_timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class _Broadcast:
+    room: str
+    exclude: Connection | None
+    context: otel_context.Context
+    message: ChatMessage | None = None
+    presence: dict[str, Any] | None = None
+
+
+@dataclass
+class HubStats:
+    broadcasts: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    presence_lost: int = 0
+    evicted: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Hub:
+    def __init__(self, *, node_name: str, tracer: trace.Tracer, history_size: int,
+                 max_rooms: int, max_rooms_per_connection: int, queue_size: int,
+                 publish_timeout: float) -> None:
+        self.node_name = node_name
+        self.tracer = tracer
+        self.rooms = Rooms(history_size=history_size, max_rooms=max_rooms, node_name=node_name)
+        self.max_rooms_per_connection = max_rooms_per_connection
+        self.publish_timeout = publish_timeout
+        self.connections: dict[str, Connection] = {}
+        self.stats = HubStats()
+        self._send, self._receive = trio.open_memory_channel[_Broadcast](queue_size)
+
+    # -- connections ---------------------------------------------------------
+    def add(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a connection that has gone; never blocks (runs in finally blocks)."""
+        self.connections.pop(conn.id, None)
+        for name in list(conn.rooms):
+            if self.rooms.leave(name, conn) is not None:
+                self._presence_nowait(name, conn, "leave")
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in list(self.connections.values()):
+            conn.request_close(code, reason)
+
+    # -- rooms ---------------------------------------------------------------
+    def join(self, conn: Connection, name: str) -> Room:
+        if name not in conn.rooms and len(conn.rooms) >= self.max_rooms_per_connection:
+            raise InvalidInput(f"a connection may be in at most {self.max_rooms_per_connection} rooms",
+                               field="room")
+        already = name in conn.rooms
+        room = self.rooms.join(name, conn)
+        if not already:
+            self._presence_nowait(name, conn, "join")
+        return room
+
+    def leave(self, conn: Connection, name: str) -> None:
+        if self.rooms.leave(name, conn) is None:
+            raise NotFound(f"not a member of room {name!r}", field="room")
+        self._presence_nowait(name, conn, "leave")
+
+    def _presence_nowait(self, room: str, conn: Connection, event: str) -> None:
+        item = _Broadcast(room, conn, otel_context.get_current(),
+                          presence={"type": "presence", "room": room, "event": event,
+                                    "user": conn.username, "node": self.node_name})
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self.stats.presence_lost += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # -- chat ----------------------------------------------------------------
+    async def publish(self, conn: Connection, room: str, text: str) -> ChatMessage:
+        """Queue a chat message for fan-out; waits (bounded) if the broadcaster is behind."""
+        if room not in conn.rooms:
+            raise NotFound(f"not a member of room {room!r}; join it first", field="room")
+        span_ctx = trace.get_current_span().get_span_context()
+        message = ChatMessage(
+            room=room, user=conn.username, text=text, timestamp=utc_timestamp(),
+            id=os.urandom(8).hex(), node=self.node_name,
+            trace_id=format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None)
+        item = _Broadcast(room, conn, otel_context.get_current(), message=message)
+        with trio.move_on_after(self.publish_timeout):
+            await self._send.send(item)
+            return message
+        raise Unavailable("the node is overloaded: the broadcaster is behind; try again")
+
+    # -- the broadcaster task ------------------------------------------------
+    async def run_broadcaster(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+        task_status.started()
+        async with self._receive:
+            async for item in self._receive:
+                token = otel_context.attach(item.context)
+                try:
+                    if item.message is not None:
+                        self._fan_out(item.message, item.exclude)
+                    elif item.presence is not None:
+                        self._fan_out_presence(item.room, item.presence, item.exclude)
+                finally:
+                    otel_context.detach(token)
+
+    def _fan_out(self, msg: ChatMessage, exclude: Connection | None) -> None:
+        started = time.perf_counter_ns()
+        with self.tracer.start_as_current_span(
+            S.CHAT_BROADCAST,
+            attributes={S.CHAT_ROOM: S.clip(msg.room), S.CHAT_SENDER: S.clip(msg.user)},
+        ) as span:
+            room = self.rooms.get(msg.room)
+            delivered = dropped = 0
+            if room is not None:
+                room.history.append(msg)
+                frames: dict[Protocol, str] = {}
+                for conn in list(room.members.values()):
+                    if conn is exclude:
+                        continue
+                    frame = frames.get(conn.protocol)
+                    if frame is None:
+                        frame = frames[conn.protocol] = self.encode_message(msg, conn.protocol)
+                    if conn.offer(frame):
+                        delivered += 1
+                    else:
+                        dropped += 1
+                        self._maybe_evict(conn)
+            self.stats.broadcasts += 1
+            self.stats.delivered += delivered
+            self.stats.dropped += dropped
+            span.set_attribute(S.CHAT_RECIPIENTS, delivered)
+            span.set_attribute(S.CHAT_DROPPED, dropped)
+            span.set_attribute(S.CHAT_DURATION_US, (time.perf_counter_ns() - started) // 1000)
+
+    def _fan_out_presence(self, room_name: str, presence: dict[str, Any],
+                          exclude: Connection | None) -> None:
+        room = self.rooms.get(room_name)
+        if room is None:
+            return
+        frame = encode(presence)
+        for conn in list(room.members.values()):
+            if conn is not exclude and conn.protocol is Protocol.JSON and not conn.offer(frame):
+                self._maybe_evict(conn)
+
+    def _maybe_evict(self, conn: Connection) -> None:
+        """A connection the slow-consumer policy closed stops receiving at once."""
+        if conn.close_request is not None and conn.rooms:
+            self.stats.evicted += 1
+            self.remove(conn)
+
+    @staticmethod
+    def encode_message(msg: ChatMessage, protocol: Protocol) -> str:
+        if protocol is Protocol.TEXT:
+            return encode(msg.to_plain())
+        return encode({"type": "message", **msg.to_json()})
+
+    def history(self, room: str) -> list[ChatMessage]:
+        r = self.rooms.get(room)
+        return list(r.history) if r is not None else []

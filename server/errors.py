@@ -1,0 +1,58 @@
+"""The exception tree.
+
+    WebserverError
+    ├── ConfigError        a setting is unknown, mistyped or out of range (startup)
+    └── RequestError       a client sent something we refuse; carries an HTTP status
+        ├── InvalidInput   malformed or ill-typed fields, bad keys or names (400)
+        ├── TooLarge       a body, value or text over its limit (413)
+        ├── NotFound       no such key or room (404)
+        └── Unavailable    the node cannot take it now, e.g. a full store (503/507)
+
+Request errors are answered, never logged as server faults: they are the
+client's doing, so their spans stay unset (4xx), not ERROR.
+"""
+
+from __future__ import annotations
+
+
+class WebserverError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(WebserverError):
+    """Settings could not be loaded; the message names the key and the source."""
+
+
+class RequestError(WebserverError):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(RequestError):
+    status = 400
+    code = "bad_request"
+
+
+class TooLarge(RequestError):
+    status = 413
+    code = "too_large"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class Unavailable(RequestError):
+    status = 503
+    code = "unavailable"
+
+
+class StoreFull(Unavailable):
+    status = 507
+    code = "store_full"

@@ -1,0 +1,110 @@
+"""The OpenAPI 3 document of the HTTP API. A test checks that every route the app
+serves is described here, and nothing that it does not serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.validation import MAX_KEY_BYTES
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_FIELD_ERRORS = {"type": "object", "properties": {"errors": {
+    "type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}}}
+_VERSION = {"type": "object", "properties": {
+    "wall_ms": {"type": "integer"}, "counter": {"type": "integer"}, "writer": {"type": "string"}}}
+_KEY_PARAM = {"name": "key", "in": "path", "required": True,
+              "description": f"1-{MAX_KEY_BYTES} bytes of UTF-8, no control characters; may contain '/'",
+              "schema": {"type": "string", "minLength": 1}}
+_ROOM_PARAM = {"name": "room", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}}
+_MESSAGE = {"type": "object", "properties": {
+    "room": {"type": "string"}, "user": {"type": "string"}, "text": {"type": "string"},
+    "timestamp": {"type": "string", "format": "date-time"}, "id": {"type": "string"},
+    "node": {"type": "string"}, "trace_id": {"type": "string"}}}
+_MEMBER = {"type": "object", "properties": {"user": {"type": "string"}, "node": {"type": "string"}}}
+_NOT_FOUND = _json(_ERROR, "Not found: `{\"error\": \"not found\"}`")
+_BAD = _json(_ERROR, "Invalid input; the message names the problem")
+_TOO_LARGE = _json(_ERROR, "Body or value over its size limit")
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "webserver", "version": "0.1.0", "description": (
+            "HTTP API of a webserver node. WebSocket chat is at `GET /ws` (see that path). "
+            "Unknown paths answer 404 `{\"error\": \"not found\"}`; wrong methods 405.")},
+        "paths": {
+            "/": {"get": {"summary": "Liveness greeting", "responses": {"200": {
+                "description": "`Hello World`", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/health": {"get": {"summary": "Node health", "responses": {"200": _json({
+                "type": "object", "properties": {"status": {"type": "string"}, "node": {"type": "string"},
+                                                 "uptime_s": {"type": "number"},
+                                                 "connections": {"type": "integer"}}}, "Healthy")}}},
+            "/nodes": {"get": {"summary": "Live cluster members, this node first", "responses": {
+                "200": _json({"type": "object", "properties": {"nodes": {
+                    "type": "array", "items": {"type": "string"}}}}, "Node names (name@host:port)")}}},
+            "/kv": {"post": {
+                "summary": "Store a string value (the original's write)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["key", "value"], "properties": {
+                        "key": {"type": "string"}, "value": {"type": "string"}}}}}},
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "status": {"type": "string", "enum": ["ok"]}, "node": {"type": "string"},
+                        "version": _VERSION}}, "Stored"),
+                    "400": _json(_FIELD_ERRORS, "Field errors, e.g. `{\"errors\": {\"key\": [\"can't be blank\"]}}`"),
+                    "413": _json(_FIELD_ERRORS, "Body or value too large"),
+                }}},
+            "/kv/{key}": {
+                "parameters": [_KEY_PARAM],
+                "get": {"summary": "Read a value", "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "value": {"description": "any JSON value"}, "from_node": {"type": "string"},
+                        "version": _VERSION}}, "The value and the node that served it"),
+                    "400": _BAD, "404": _NOT_FOUND}},
+                "put": {"summary": "Store any JSON value (the body is the value itself)",
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"description": "any JSON value, at most 65536 bytes encoded"}}}},
+                        "responses": {
+                            "200": _json({"type": "object", "properties": {
+                                "status": {"type": "string"}, "node": {"type": "string"},
+                                "version": _VERSION}}, "Stored"),
+                            "400": _BAD, "413": _TOO_LARGE}},
+                "delete": {"summary": "Delete a key (a tombstone)", "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "status": {"type": "string"}, "node": {"type": "string"},
+                        "deleted": {"type": "boolean"}}}, "Deleted"),
+                    "400": _BAD, "404": _NOT_FOUND}},
+            },
+            "/rooms": {"get": {"summary": "Chat rooms on this node", "responses": {"200": _json({
+                "type": "object", "properties": {"rooms": {"type": "array", "items": {
+                    "type": "object", "properties": {"room": {"type": "string"},
+                                                     "members": {"type": "integer"},
+                                                     "messages": {"type": "integer"}}}}}}, "Rooms")}}},
+            "/rooms/{room}": {"parameters": [_ROOM_PARAM], "get": {
+                "summary": "A room's members and recent history (oldest first)", "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "room": {"type": "string"}, "members": {"type": "array", "items": _MEMBER},
+                        "history": {"type": "array", "items": _MESSAGE}}}, "The room"),
+                    "400": _BAD, "404": _NOT_FOUND}}},
+            "/api/openapi": {"get": {"summary": "This document", "responses": {
+                "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
+            "/ws": {"get": {
+                "summary": "WebSocket chat (upgrade)",
+                "description": (
+                    "Plain protocol (the original): `/ws?username=NAME`, room `default`, a text frame "
+                    "is chat text; other members receive `{user, text, timestamp}`; the last 50 "
+                    "messages arrive on connect. JSON protocol: subprotocol `webserver.v1` or "
+                    "`?protocol=json`; see README. Close codes: 1001 shutdown, 1003 binary frame, "
+                    "1008 slow consumer or bad username, 1009 message too big, 1011 server error."),
+                "parameters": [
+                    {"name": "username", "in": "query", "schema": {"type": "string", "default": "Guest"}},
+                    {"name": "protocol", "in": "query", "schema": {"type": "string", "enum": ["text", "json"]}}],
+                "responses": {"101": {"description": "Switching protocols"}}}},
+        },
+    }

@@ -1,0 +1,142 @@
+"""The HTTP API. Handlers are thin: parse, validate, call the node, answer."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, current_app, request
+
+from server.errors import InvalidInput, NotFound, RequestError, TooLarge
+from server.http.openapi import openapi_document
+from server.validation import check_key, check_room, check_value_size
+
+if TYPE_CHECKING:
+    from server.node import Node
+
+api = Blueprint("api", __name__)
+
+
+def node() -> Node:
+    return current_app.config["NODE"]  # type: ignore[no-any-return]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), status=status,
+                    content_type="application/json")
+
+
+async def _read_json() -> Any:
+    """The request body as JSON; the body size was capped before it was read."""
+    raw = await request.get_data(as_text=False)
+    if not raw:
+        raise InvalidInput("the request body is empty; send JSON", field="body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        detail = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise InvalidInput(f"malformed JSON: {detail}", field="body") from None
+
+
+@api.get("/")
+async def index() -> Response:
+    return Response("Hello World", content_type="text/plain; charset=utf-8")
+
+
+@api.get("/health")
+async def health() -> Response:
+    n = node()
+    return json_response({"status": "ok", "node": n.name,
+                          "uptime_s": round(time.monotonic() - n.started_at, 3),
+                          "connections": len(n.hub.connections)})
+
+
+@api.get("/nodes")
+async def nodes() -> Response:
+    return json_response({"nodes": [node().name]})
+
+
+@api.post("/kv")
+async def kv_post() -> Response:
+    """The original's write: {"key": str, "value": str}; Ecto-style field errors."""
+    try:
+        body = await _read_json()
+    except InvalidInput as exc:
+        return json_response({"errors": {"body": [exc.message]}}, 400)
+    if not isinstance(body, dict):
+        return json_response({"errors": {"body": ["must be a JSON object"]}}, 400)
+    errors: dict[str, list[str]] = {}
+    status = 400
+    try:
+        check_key(body.get("key"))
+    except RequestError as exc:
+        errors["key"] = [exc.message]
+    value = body.get("value")
+    if value is None:
+        errors["value"] = ["is required"]
+    elif not isinstance(value, str):
+        errors["value"] = ["must be a string (use PUT /kv/{key} for other JSON values)"]
+    else:
+        try:
+            check_value_size(value, node().settings.max_value_bytes)
+        except TooLarge as exc:
+            errors["value"] = [exc.message]
+            status = 413
+    if errors:
+        return json_response({"errors": errors}, 400 if len(errors) > 1 or status == 400 else status)
+    n = node()
+    entry = n.kv.put(body["key"], value)
+    return json_response({"status": "ok", "node": n.name, "version": entry.version.to_json()})
+
+
+@api.get("/kv/<path:key>")
+async def kv_get(key: str) -> Response:
+    n = node()
+    entry = n.kv.get(check_key(key))
+    if entry is None:
+        return json_response({"error": "not found"}, 404)
+    return json_response({"value": entry.value, "from_node": n.name,
+                          "version": entry.version.to_json()})
+
+
+@api.put("/kv/<path:key>")
+async def kv_put(key: str) -> Response:
+    """Any JSON value; the body is the value itself."""
+    n = node()
+    check_key(key)
+    value = await _read_json()
+    check_value_size(value, n.settings.max_value_bytes)
+    entry = n.kv.put(key, value)
+    return json_response({"status": "ok", "node": n.name, "version": entry.version.to_json()})
+
+
+@api.delete("/kv/<path:key>")
+async def kv_delete(key: str) -> Response:
+    n = node()
+    if n.kv.delete(check_key(key)) is None:
+        return json_response({"error": "not found"}, 404)
+    return json_response({"status": "ok", "node": n.name, "deleted": True})
+
+
+@api.get("/rooms")
+async def rooms() -> Response:
+    hub = node().hub
+    return json_response({"rooms": [
+        {"room": r.name, "members": len(r.members), "messages": len(r.history)}
+        for r in hub.rooms.all()]})
+
+
+@api.get("/rooms/<room>")
+async def room(room: str) -> Response:
+    hub = node().hub
+    r = hub.rooms.get(check_room(room))
+    if r is None:
+        raise NotFound(f"no room {room!r}")
+    return json_response({"room": r.name, "members": hub.rooms.members_json(r),
+                          "history": [m.to_json() for m in r.history]})
+
+
+@api.get("/api/openapi")
+async def openapi() -> Response:
+    return json_response(openapi_document())

@@ -1,0 +1,217 @@
+"""`/ws`: the WebSocket endpoint, as a plain ASGI handler in front of Quart.
+
+Served directly rather than through Quart's websocket machinery, which puts
+every inbound frame through a signal and an extra channel hop, and hides the
+close code a client sent. Each connection runs in its own nursery: a reader
+(client frames -> requests) and a writer (the only task that awaits the socket).
+
+Two protocols share the endpoint:
+- plain text (the original): `/ws?username=NAME`, one room `default`, a text
+  frame is chat text; others receive `{"user","text","timestamp"}`.
+- JSON (`webserver.v1` subprotocol or `?protocol=json`): see ws_protocol.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import trio
+
+from server.chat.connection import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+    Connection,
+    Protocol,
+    Wake,
+)
+from server.chat.hub import Hub, encode
+from server.errors import RequestError
+from server.http.ws_protocol import JsonSession, error_frame, parse_request
+from server.validation import check_text, check_username
+from tracing.websocket import ConnectionSpans
+
+if TYPE_CHECKING:
+    from server.node import Node
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "webserver.v1"
+DEFAULT_ROOM = "default"
+# Frames the writer sends as one batch frame at most (JSON protocol).
+MAX_BATCH = 64
+
+Scope = dict[str, Any]
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown"
+
+
+async def websocket_endpoint(node: Node, scope: Scope, receive: Any, send: Any) -> None:
+    event = await receive()
+    if event["type"] != "websocket.connect":
+        return
+    query = _query(scope)
+    subprotocols: Iterable[str] = scope.get("subprotocols") or ()
+    use_json = SUBPROTOCOL in subprotocols or query.get("protocol") == "json"
+    accept: dict[str, Any] = {"type": "websocket.accept"}
+    if SUBPROTOCOL in subprotocols:
+        accept["subprotocol"] = SUBPROTOCOL
+    await send(accept)
+    try:
+        username = check_username(query.get("username"))
+    except RequestError as exc:
+        await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION,
+                    "reason": f"username {exc.message}"})
+        return
+    if query.get("protocol") not in (None, "json", "text"):
+        await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION,
+                    "reason": "protocol must be 'json' or 'text'"})
+        return
+    s = node.settings
+    conn = Connection(username, Protocol.JSON if use_json else Protocol.TEXT,
+                      queue_size=s.outbound_queue_size, slow_timeout=s.slow_consumer_timeout,
+                      peer=_peer(scope))
+    if node.shutting_down:
+        await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": "server shutting down"})
+        return
+    await WebSocketSession(node, conn, scope, send, receive).run()
+
+
+class WebSocketSession:
+    def __init__(self, node: Node, conn: Connection, scope: Scope, send: Any, receive: Any) -> None:
+        self.node = node
+        self.hub: Hub = node.hub
+        self.conn = conn
+        self.send = send
+        self.receive = receive
+        self.close_code: int | None = None
+        self.spans = ConnectionSpans(
+            node.tracer, peer=conn.peer, connection_id=conn.id, headers=_headers(scope),
+            attributes={"websocket.subprotocol": conn.protocol.value,
+                        "websocket.username": conn.username})
+        self.json = JsonSession(conn, node.hub, node.kv, node.settings)
+
+    async def run(self) -> None:
+        error: BaseException | None = None
+        try:
+            self.spans.connected()
+            self.hub.add(self.conn)
+            if self.conn.protocol is Protocol.TEXT:
+                self.hub.join(self.conn, DEFAULT_ROOM)
+                for message in self.hub.history(DEFAULT_ROOM):
+                    await self.conn.send_reply(Hub.encode_message(message, Protocol.TEXT))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, nursery.cancel_scope)
+                nursery.start_soon(self._writer, nursery.cancel_scope)
+        except Exception as exc:  # a server fault: record it, tell the client 1011
+            error = exc
+            log.exception("connection %s failed", self.conn.id)
+            self.close_code = CLOSE_INTERNAL_ERROR
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self.send({"type": "websocket.close", "code": CLOSE_INTERNAL_ERROR,
+                                 "reason": "internal server error"})
+        finally:
+            self.hub.remove(self.conn)
+            self.conn.outbox.close()
+            self.spans.closed(self.close_code, error)
+
+    # -- reading -------------------------------------------------------------
+    async def _reader(self, cancel: trio.CancelScope) -> None:
+        max_size = self.node.settings.ws_max_message_size
+        while True:
+            event = await self.receive()
+            if event["type"] == "websocket.disconnect":
+                self.close_code = event.get("code")
+                cancel.cancel()
+                return
+            if event["type"] != "websocket.receive":
+                continue
+            text = event.get("text")
+            if text is None:
+                self.conn.request_close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send text")
+                return
+            size = len(text.encode("utf-8"))
+            if size > max_size:
+                self.conn.request_close(
+                    CLOSE_TOO_BIG, f"message is {size} bytes; the limit is {max_size}")
+                return
+            if self.conn.protocol is Protocol.TEXT:
+                await self._plain(text, size)
+            else:
+                await self._json(text, size)
+            if self.conn.close_request is not None:
+                return
+
+    async def _plain(self, text: str, size: int) -> None:
+        with self.spans.message("text", size):
+            try:
+                check_text(text, self.node.settings.max_chat_text_bytes)
+                await self.hub.publish(self.conn, DEFAULT_ROOM, text)
+            except RequestError as exc:
+                await self.conn.send_reply(encode({"error": f"{exc.field or 'text'}: {exc.message}"}))
+
+    async def _json(self, text: str, size: int) -> None:
+        kind: str | None = None
+        ref: Any = None
+        try:
+            kind, request = parse_request(text)
+        except RequestError as exc:
+            with self.spans.message("invalid", size):
+                await self.conn.send_reply(error_frame(exc, None, None))
+            return
+        ref = request.get("ref")
+        with self.spans.message(kind, size):
+            try:
+                reply = await self.json.handle(kind, request)
+            except RequestError as exc:
+                reply = error_frame(exc, kind, ref)
+            await self.conn.send_reply(reply)
+
+    # -- writing -------------------------------------------------------------
+    async def _writer(self, cancel: trio.CancelScope) -> None:
+        conn = self.conn
+        inbox = conn.inbox
+        batching = conn.protocol is Protocol.JSON
+        while True:
+            item = await inbox.receive()
+            frames = [] if isinstance(item, Wake) else [item]
+            while len(frames) < MAX_BATCH:  # drain what is queued: one wake-up, one send
+                try:
+                    more = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if not isinstance(more, Wake):
+                    frames.append(more)
+            if conn.close_request is not None and conn.close_request[0] == CLOSE_POLICY_VIOLATION:
+                break  # a slow consumer gets no more frames, only the close
+            if batching and len(frames) > 1:
+                await self.send({"type": "websocket.send",
+                                 "text": '{"type":"batch","frames":[' + ",".join(frames) + "]}"})
+            else:
+                for frame in frames:
+                    await self.send({"type": "websocket.send", "text": frame})
+            conn.mark_drained()
+            if conn.close_request is not None:
+                break
+        code, reason = conn.close_request
+        self.close_code = code
+        await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        cancel.cancel()

@@ -1,0 +1,154 @@
+"""The `webserver.v1` JSON protocol: one request object per text frame, one reply.
+
+Requests: join, leave, chat, kv.get, kv.put, kv.delete, ping; any may carry a
+`ref` (string or number) that the reply echoes. Replies are `{"type": "ok",
+"op": ...}` (or `pong`), failures `{"type": "error", "op", "code", "message"}`.
+Pushes: `message`, `presence`, `error`; several queued frames may arrive in one
+`{"type": "batch", "frames": [...]}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from opentelemetry import trace
+
+from server.chat.connection import Connection
+from server.chat.hub import Hub, encode
+from server.errors import InvalidInput, RequestError
+from server.kv.service import KV
+from server.settings import Settings
+from server.validation import check_key, check_room, check_text, check_value_size
+
+Handler = Callable[["JsonSession", dict[str, Any]], Awaitable[dict[str, Any]]]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def _op(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[name] = fn
+        return fn
+    return register
+
+
+OPS = ("join", "leave", "chat", "kv.get", "kv.put", "kv.delete", "ping")
+
+
+def parse_request(text: str) -> tuple[str, dict[str, Any]]:
+    """Decode a frame into (type, request); raises InvalidInput naming the problem."""
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadJson(f"malformed JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("a request must be a JSON object")
+    ref = request.get("ref")
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, float))):
+        raise InvalidInput("ref must be a string or a number", field="ref")
+    kind = request.get("type")
+    if not isinstance(kind, str):
+        raise InvalidInput("type is required and must be a string", field="type")
+    if kind not in _HANDLERS:
+        raise UnknownType(f"unknown message type {kind[:64]!r}; expected one of {', '.join(OPS)}",
+                          field="type")
+    return kind, request
+
+
+class UnknownType(InvalidInput):
+    code = "unknown_type"
+
+
+class BadJson(InvalidInput):
+    code = "bad_json"
+
+
+def error_frame(exc: RequestError, op: str | None, ref: Any) -> str:
+    message = f"{exc.field}: {exc.message}" if exc.field and not exc.message.startswith(
+        exc.field) else exc.message
+    frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": message}
+    if op is not None:
+        frame["op"] = op
+    if ref is not None:
+        frame["ref"] = ref
+    return encode(frame)
+
+
+class JsonSession:
+    """Handles the requests of one JSON-protocol connection."""
+
+    def __init__(self, conn: Connection, hub: Hub, kv: KV, settings: Settings) -> None:
+        self.conn = conn
+        self.hub = hub
+        self.kv = kv
+        self.settings = settings
+
+    async def handle(self, kind: str, request: dict[str, Any]) -> str:
+        """Run one request and return the encoded reply."""
+        reply = await _HANDLERS[kind](self, request)
+        if "type" not in reply:
+            reply = {"type": "ok", "op": kind, **reply}
+        if request.get("ref") is not None:
+            reply["ref"] = request["ref"]
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            reply["trace_id"] = format(ctx.trace_id, "032x")
+        return encode(reply)
+
+
+def _entry_json(kv: KV, key: str) -> dict[str, Any]:
+    entry = kv.get(key)
+    if entry is None:
+        return {"key": key, "found": False, "value": None}
+    return {"key": key, "found": True, "value": entry.value, "from_node": kv.node_name,
+            "version": entry.version.to_json()}
+
+
+@_op("ping")
+async def _ping(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "pong"}
+
+
+@_op("join")
+async def _join(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    name = check_room(r.get("room"))
+    room = s.hub.join(s.conn, name)
+    return {"room": name, "members": s.hub.rooms.members_json(room),
+            "history": [{"type": "message", **m.to_json()} for m in room.history]}
+
+
+@_op("leave")
+async def _leave(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    name = check_room(r.get("room"))
+    s.hub.leave(s.conn, name)
+    return {"room": name}
+
+
+@_op("chat")
+async def _chat(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    name = check_room(r.get("room"))
+    text = check_text(r.get("text"), s.settings.max_chat_text_bytes)
+    message = await s.hub.publish(s.conn, name, text)
+    return {"room": name, "id": message.id, "timestamp": message.timestamp}
+
+
+@_op("kv.get")
+async def _kv_get(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    return _entry_json(s.kv, check_key(r.get("key")))
+
+
+@_op("kv.put")
+async def _kv_put(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    key = check_key(r.get("key"))
+    if "value" not in r:
+        raise InvalidInput("is required", field="value")
+    check_value_size(r["value"], s.settings.max_value_bytes)
+    entry = s.kv.put(key, r["value"])
+    return {"key": key, "node": s.kv.node_name, "version": entry.version.to_json()}
+
+
+@_op("kv.delete")
+async def _kv_delete(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
+    key = check_key(r.get("key"))
+    return {"key": key, "deleted": s.kv.delete(key) is not None, "node": s.kv.node_name}

@@ -1,0 +1,139 @@
+"""A node: the chat hub, the KV store and the HTTP/WebSocket server of one process.
+
+`serve_node` is the one place that wires them into a nursery: the node's
+services start with `nursery.start`, Hypercorn's trio worker serves the ASGI
+app on a socket we bind ourselves (so port 0 works and the node can be named
+after the port it really got), and `RunningNode.stop()` shuts it down in order:
+stop accepting, close WebSockets with 1001, let Hypercorn drain, stop services.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from opentelemetry import trace
+
+from server.chat.connection import CLOSE_GOING_AWAY
+from server.chat.hub import Hub
+from server.kv.service import KV
+from server.kv.store import Store
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: Settings, *, name: str,
+                 tracer_provider: trace.TracerProvider) -> None:
+        self.settings = settings
+        self.name = name
+        self.tracer = tracer_provider.get_tracer("webserver")
+        self.store = Store(name, max_keys=settings.max_keys)
+        self.kv = KV(self.store, self.tracer)
+        self.hub = Hub(node_name=name, tracer=self.tracer, history_size=settings.history_size,
+                       max_rooms=settings.max_rooms,
+                       max_rooms_per_connection=settings.max_rooms_per_connection,
+                       queue_size=settings.broadcast_queue_size,
+                       publish_timeout=settings.slow_consumer_timeout)
+        self.started_at = time.monotonic()
+        self.shutting_down = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The node's long-lived services; returns only when cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.hub.run_broadcaster)
+            task_status.started()
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+
+
+def default_node_name(host: str, port: int) -> str:
+    return f"webserver@{host}:{port}"
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    """The listening socket. TCP_USER_TIMEOUT is inherited by accepted sockets, so the
+    kernel cuts a peer that stops reading for good: Hypercorn shields its socket
+    send, so nothing in user space could interrupt a send stuck on a zero window."""
+    host, port = settings.host, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.tcp_user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                        int(settings.tcp_user_timeout * 1000))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot bind {settings.bind}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    # Hypercorn's own cap is a backstop; we check the real limit and say why in the close.
+    config.websocket_max_message_size = settings.ws_max_message_size * 4
+    config.graceful_timeout = settings.shutdown_timeout
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+@dataclass
+class RunningNode:
+    node: Node
+    url: str
+    _stop: trio.Event
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            log.info("shutting down %s", self.node.name)
+            self._stop.set()
+            self.node.begin_shutdown()
+
+
+ProviderFactory = Callable[[str], trace.TracerProvider]
+
+
+async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider | ProviderFactory, *,
+                     task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one node until `RunningNode.stop()`; started() hands back the running node.
+
+    `tracer_provider` may be a factory taking the node's name, for a resource
+    whose service.instance.id is the name given to the port actually bound.
+    """
+    from server.app import create_asgi
+
+    sock = bind_socket(settings)
+    host, port = sock.getsockname()[:2]
+    name = settings.node_name or default_node_name(host, port)
+    provider = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)
+    node = Node(settings, name=name, tracer_provider=provider)
+    config = hypercorn_config(settings)
+    config.bind = [f"fd://{sock.fileno()}"]
+    stop = trio.Event()
+    shown_host = f"[{host}]" if ":" in host else host
+    try:
+        async with trio.open_nursery() as services:
+            await services.start(node.run)
+            async with trio.open_nursery() as http:
+                await http.start(partial(hypercorn_serve, create_asgi(node), config,  # type: ignore[arg-type]
+                                         shutdown_trigger=stop.wait))
+                task_status.started(RunningNode(node, f"http://{shown_host}:{port}", stop))
+            services.cancel_scope.cancel()
+    finally:
+        # Hypercorn made its own socket object on this fd and closes it; closing
+        # ours too could close an fd number already reused by someone else.
+        sock.detach()

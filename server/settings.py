@@ -1,0 +1,161 @@
+"""Node settings: defaults <- conf/webserver.toml <- WEBSERVER_* environment <- CLI flags.
+
+Every field of `Settings` is a setting; its environment name is `WEBSERVER_` plus
+the field name in upper case (`bind` -> `WEBSERVER_BIND`). Unknown keys in the
+file and unknown `WEBSERVER_*` variables are rejected with an error that names
+them, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from server.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
+ENV_PREFIX = "WEBSERVER_"
+# Names of variables that steer loading rather than being settings themselves.
+CONFIG_ENV = "WEBSERVER_CONFIG"
+_ZERO_MEANS_OFF = {"tcp_user_timeout"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One node's settings. Sizes are bytes, durations seconds."""
+
+    bind: str = "127.0.0.1:4000"
+    # Empty means "webserver@<host>:<port>" of the address actually bound.
+    node_name: str = ""
+    history_size: int = 50
+    # Frames a connection may have queued before the broadcaster drops for it.
+    outbound_queue_size: int = 256
+    # A connection whose queue stays full this long is closed with 1008.
+    slow_consumer_timeout: float = 5.0
+    # Kernel-level cap on unacknowledged/unsent data (TCP_USER_TIMEOUT); 0 = off.
+    tcp_user_timeout: float = 20.0
+    ws_max_message_size: int = 131072
+    max_chat_text_bytes: int = 16384
+    max_value_bytes: int = 65536
+    # Whole HTTP request body cap, checked before parsing.
+    max_body_bytes: int = 70000
+    broadcast_queue_size: int = 4096
+    max_rooms: int = 10000
+    max_rooms_per_connection: int = 32
+    max_keys: int = 100000
+    shutdown_timeout: float = 5.0
+    telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
+    log_level: str = "INFO"
+
+    def validate(self) -> Settings:
+        host, _, port = self.bind.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"bind: expected HOST:PORT, got {self.bind!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if value < 0 or (value == 0 and f.name not in _ZERO_MEANS_OFF):
+                    raise ConfigError(f"{f.name}: must be positive, got {value!r}")
+        if self.max_body_bytes < self.max_value_bytes:
+            raise ConfigError("max_body_bytes: must be at least max_value_bytes")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _coerce(name: str, raw: Any, kind: type, *, source: str) -> Any:
+    """Convert a file or environment value to the field's type, naming the culprit."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).lower() in {"1", "true", "yes", "on"}:
+                return True
+            if str(raw).lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {raw!r}") from None
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _field_types() -> dict[str, type]:
+    return {f.name: _TYPES[str(f.type)] for f in fields(Settings)}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept either top-level keys or a [server] table.
+    server = data.pop("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError(f"{path}: [server] must be a table")
+    return {**data, **server}
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve settings from every layer; raises ConfigError naming any unknown key."""
+    env = os.environ if environ is None else environ
+    types = _field_types()
+    explicit = config_path or env.get(CONFIG_ENV)
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    values: dict[str, Any] = {}
+    if explicit or path.exists():
+        for key, raw in read_config_file(path).items():
+            if key not in types:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw, types[key], source=str(path))
+    known_env = {env_name(name): name for name in types} | {CONFIG_ENV: ""}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        if var not in known_env:
+            raise ConfigError(f"unknown environment variable {var} (not a webserver setting)")
+        if var != CONFIG_ENV:
+            name = known_env[var]
+            values[name] = _coerce(name, raw, types[name], source=f"environment {var}")
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in types:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, raw, types[name], source="command line")
+    return dataclasses.replace(Settings(), **values).validate()

@@ -1,0 +1,1 @@
+"""OpenTelemetry wiring for webserver: configuration, span catalogue, ASGI middleware."""

@@ -1,0 +1,106 @@
+"""Exporter health: one warning when span export starts failing, one line when it
+recovers, and counters for the troubleshooting page, instead of the SDK's log
+line per failed batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+log = logging.getLogger("tracing.export")
+
+# The SDK logs each failed batch and each dropped span from these loggers.
+_NOISY_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
+                  "opentelemetry.sdk._shared_internal")
+
+
+class ExportHealth:
+    """Counters shared between the exporter thread and readers; guarded by a lock."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self.exported = 0
+        self.failed_exports = 0
+        self.failed_spans = 0
+        self.dropped_spans = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.failing = False
+
+    def record_sdk_message(self, record: logging.LogRecord) -> None:
+        with self._lock:
+            if "dropping" in record.getMessage():
+                self.dropped_spans += 1
+            else:
+                self.last_error = record.getMessage()
+                self.last_error_at = time.time()
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {"endpoint": self.endpoint, "exported_spans": self.exported,
+                    "failed_exports": self.failed_exports, "failed_spans": self.failed_spans,
+                    "dropped_spans": self.dropped_spans, "last_error": self.last_error,
+                    "last_error_at": self.last_error_at, "failing": self.failing}
+
+
+class _CaptureSdkNoise(logging.Filter):
+    """Swallow the SDK's per-batch warnings, keeping their text as the last error."""
+
+    def __init__(self, health: ExportHealth) -> None:
+        super().__init__()
+        self.health = health
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.health.record_sdk_message(record)
+            return False
+        return True
+
+
+class HealthReportingExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
+        self.inner = inner
+        self.health = health
+        self._filter = _CaptureSdkNoise(health)
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).addFilter(self._filter)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:  # an exporter bug must not kill the export thread
+            self.health.record_sdk_message(logging.makeLogRecord({"msg": repr(exc)}))
+            result = SpanExportResult.FAILURE
+        h = self.health
+        if result is SpanExportResult.SUCCESS:
+            with h._lock:
+                h.exported += len(spans)
+                recovered, h.failing = h.failing, False
+            if recovered:
+                log.warning("span export to %s recovered", h.endpoint)
+        else:
+            with h._lock:
+                h.failed_exports += 1
+                h.failed_spans += len(spans)
+                first, h.failing = not h.failing, True
+                reason = h.last_error or "unknown error"
+            if first:
+                log.warning(
+                    "cannot export spans to %s (%s); serving continues and spans are "
+                    "dropped until the collector answers (see README, Troubleshooting)",
+                    h.endpoint, reason)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).removeFilter(self._filter)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)

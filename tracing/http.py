@@ -1,0 +1,119 @@
+"""ASGI middleware: one SERVER span per HTTP request, named `{METHOD} {route}`.
+
+Replaces opentelemetry-instrumentation-asgi, which names spans by raw path, adds
+a child span per receive/send event and cost 18-38% of throughput here. The
+route template is not known until the framework has matched the request, so
+the app calls `name_span_for_route` (a Quart before_request hook) to rename the
+span; an unmatched request keeps the bare `{METHOD}` name, as the HTTP
+conventions say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import trio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from tracing import spans as S
+from tracing.websocket import fail
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _HeaderGetter:
+    """Reads W3C trace headers straight from ASGI's list of byte pairs."""
+
+    def get(self, carrier: list[tuple[bytes, bytes]], key: str) -> list[str] | None:
+        k = key.encode("latin-1")
+        values = [v.decode("latin-1") for name, v in carrier if name == k]
+        return values or None
+
+    def keys(self, carrier: list[tuple[bytes, bytes]]) -> list[str]:
+        return [name.decode("latin-1") for name, _ in carrier]
+
+
+_GETTER = _HeaderGetter()
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+class TracingMiddleware:
+    def __init__(self, app: ASGIApp, tracer: trace.Tracer) -> None:
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        path = scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        headers = scope.get("headers", [])
+        attributes: dict[str, Any] = {
+            S.HTTP_METHOD: method, S.HTTP_REQUEST_METHOD: method,
+            S.HTTP_TARGET: S.clip(path + ("?" + query if query else "")),
+            S.URL_PATH: S.clip(path), S.URL_SCHEME: scope.get("scheme", "http"),
+            S.NETWORK_PROTOCOL_VERSION: scope.get("http_version", "1.1"),
+        }
+        if query:
+            attributes[S.URL_QUERY] = S.clip(query)
+        if (agent := _header(headers, b"user-agent")) is not None:
+            attributes[S.HTTP_USER_AGENT] = attributes[S.USER_AGENT_ORIGINAL] = S.clip(agent)
+        if client := scope.get("client"):
+            attributes[S.CLIENT_ADDRESS] = client[0]
+        if server := scope.get("server"):
+            attributes[S.SERVER_ADDRESS], attributes[S.SERVER_PORT] = server[0], server[1]
+        parent = extract(headers, getter=_GETTER) if headers else None  # type: ignore[arg-type]
+        span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER,
+                                      attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        status = 0
+
+        async def send_and_note_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        except trio.Cancelled:
+            raise  # the client left: a normal end, status stays unset
+        except Exception as exc:
+            fail(span, exc)
+            raise
+        finally:
+            if status:
+                span.set_attributes({S.HTTP_STATUS_CODE: status, S.HTTP_RESPONSE_STATUS_CODE: status})
+                if status >= 500:
+                    if not _has_error(span):  # keep the handler's exception detail
+                        span.set_attribute(S.ERROR_TYPE, str(status))
+                        span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+            span.end()
+            otel_context.detach(token)
+
+
+def _has_error(span: trace.Span) -> bool:
+    status = getattr(span, "status", None)
+    return status is not None and status.status_code is StatusCode.ERROR
+
+
+def name_span_for_route(method: str, template: str) -> None:
+    """Give the current request span its route: `GET /kv/{key}`."""
+    span = trace.get_current_span()
+    span.update_name(f"{method} {template}")
+    span.set_attribute(S.HTTP_ROUTE, template)

@@ -1,0 +1,79 @@
+"""Spans of one WebSocket connection.
+
+- `WS /ws` (SERVER): the connection's lifetime, from accept to close; carries
+  `websocket.peer`, `websocket.connection_id` and, at the end, `websocket.duration_ms`.
+- `websocket.connect` / `websocket.disconnect` (INTERNAL): children of it.
+- `websocket.message` (SERVER): one per client frame, the root of its own trace,
+  linked to the lifetime span. A long-lived connection would otherwise make one
+  endless trace that Tempo cannot show until the client leaves; this way each
+  message (and the `kv.*` / `chat.broadcast` spans it causes) is a small,
+  complete trace, and the link leads back to the connection.
+
+A client leaving is a normal end: status stays unset. Only a server fault sets ERROR.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from tracing import spans as S
+
+
+class ConnectionSpans:
+    def __init__(self, tracer: trace.Tracer, *, peer: str, connection_id: str,
+                 headers: Mapping[str, str], attributes: Mapping[str, str | int]) -> None:
+        self.tracer = tracer
+        self.base = {S.WS_PEER: peer, S.WS_CONNECTION_ID: connection_id}
+        self._started = time.monotonic()
+        self.span: Span = tracer.start_span(
+            S.WS_CONNECTION, context=extract(headers), kind=SpanKind.SERVER,
+            attributes={**self.base, S.HTTP_ROUTE: "/ws", **attributes})
+        self._context = trace.set_span_in_context(self.span)
+        self._links = [Link(self.span.get_span_context())]
+
+    def duration_ms(self) -> int:
+        return int((time.monotonic() - self._started) * 1000)
+
+    def connected(self) -> None:
+        self.tracer.start_span(S.WS_CONNECT, context=self._context, attributes=self.base).end()
+
+    @contextmanager
+    def message(self, message_type: str, size: int) -> Iterator[Span]:
+        """The span of one client frame, current while it is handled."""
+        span = self.tracer.start_span(
+            S.WS_MESSAGE, context=otel_context.Context(), kind=SpanKind.SERVER, links=self._links,
+            attributes={S.WS_MESSAGE_TYPE: message_type, S.WS_MESSAGE_SIZE: size,
+                        S.WS_CONNECTION_ID: self.base[S.WS_CONNECTION_ID]})
+        with trace.use_span(span, end_on_exit=True, record_exception=False,
+                            set_status_on_exception=False):
+            try:
+                yield span
+            except Exception as exc:
+                fail(span, exc)
+                raise
+
+    def closed(self, close_code: int | None, error: BaseException | None = None) -> None:
+        """End the connection: the disconnect span, then the lifetime span."""
+        duration = self.duration_ms()
+        attrs = {**self.base, S.WS_DURATION_MS: duration}
+        if close_code is not None:
+            attrs[S.WS_CLOSE_CODE] = close_code
+        self.tracer.start_span(S.WS_DISCONNECT, context=self._context, attributes=attrs).end()
+        self.span.set_attributes(attrs)
+        if error is not None:
+            fail(self.span, error)
+        self.span.end()
+
+
+def fail(span: Span, exc: BaseException) -> None:
+    """Record a server fault: exception event with stack trace, error.type, ERROR status."""
+    span.record_exception(exc)
+    span.set_attribute(S.ERROR_TYPE, type(exc).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
