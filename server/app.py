@@ -48,7 +48,12 @@ def create_app(node: Node) -> QuartTrio:
         messages = {404: "not found", 405: f"method {request.method} not allowed here",
                     413: f"request body over {node.settings.max_body_bytes} bytes"}
         code = exc.code or 500
-        return json_response({"error": messages.get(code, exc.description or exc.name)}, code)
+        response = json_response({"error": messages.get(code, exc.description or exc.name)}, code)
+        if code == 413:
+            # The rest of the body is never read: close rather than keep a
+            # connection whose next request would start mid-body.
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     async def server_fault(exc: Exception) -> Response:

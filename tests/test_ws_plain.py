@@ -1,0 +1,103 @@
+"""The original's plain-text WebSocket protocol, on a real node."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from server.node import RunningNode
+from tests.harness import ws_url
+
+
+async def _get(ws, timeout: float = 5) -> dict:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())  # type: ignore[no-any-return]
+
+
+async def test_others_receive_user_text_timestamp(node: RunningNode) -> None:
+    async with open_websocket_url(ws_url(node, "username=alice")) as alice, \
+            open_websocket_url(ws_url(node, "username=bob")) as bob:
+        await alice.send_message("hello bob")
+        frame = await _get(bob)
+        assert set(frame) == {"user", "text", "timestamp"}
+        assert frame["user"] == "alice" and frame["text"] == "hello bob"
+        assert frame["timestamp"].endswith("Z")
+        # The sender does not get its own message back.
+        await bob.send_message("hi alice")
+        assert (await _get(alice))["text"] == "hi alice"
+
+
+async def test_default_username_is_guest(node: RunningNode) -> None:
+    async with open_websocket_url(ws_url(node)) as anon, \
+            open_websocket_url(ws_url(node, "username=bob")) as bob:
+        await anon.send_message("who am i")
+        assert (await _get(bob))["user"] == "Guest"
+
+
+async def test_last_50_messages_on_connect_oldest_first(node: RunningNode) -> None:
+    async with open_websocket_url(ws_url(node, "username=alice")) as alice, \
+            open_websocket_url(ws_url(node, "username=watcher")) as watcher:
+        for i in range(60):
+            await alice.send_message(f"m{i}")
+        for _ in range(60):  # all fanned out before the newcomer joins
+            await _get(watcher)
+    async with open_websocket_url(ws_url(node, "username=late")) as late:
+        texts = [(await _get(late))["text"] for _ in range(50)]
+        assert texts == [f"m{i}" for i in range(10, 60)]
+        with trio.move_on_after(0.2):
+            extra = await late.get_message()
+            pytest.fail(f"more than 50 history frames: {extra}")
+
+
+async def test_bad_username_is_refused_with_1008(node: RunningNode) -> None:
+    for query in ("username=", "username=" + "x" * 65, "username=a%0Ab"):
+        async with open_websocket_url(ws_url(node, query)) as ws:
+            with pytest.raises(ConnectionClosed) as info, trio.fail_after(5):
+                await ws.get_message()
+            assert info.value.reason.code == 1008
+            assert "username" in (info.value.reason.reason or "")
+
+
+async def test_binary_frame_closes_1003(node: RunningNode) -> None:
+    async with open_websocket_url(ws_url(node, "username=alice")) as ws:
+        await ws.send_message(b"\x00\x01")
+        with pytest.raises(ConnectionClosed) as info, trio.fail_after(5):
+            await ws.get_message()
+        assert info.value.reason.code == 1003
+        assert "binary" in (info.value.reason.reason or "")
+
+
+async def test_oversized_message_closes_1009_and_is_not_delivered(node: RunningNode) -> None:
+    limit = node.node.settings.ws_max_message_size
+    async with open_websocket_url(ws_url(node, "username=big")) as big, \
+            open_websocket_url(ws_url(node, "username=bob")) as bob:
+        await big.send_message("x" * (limit + 1))
+        with pytest.raises(ConnectionClosed) as info, trio.fail_after(5):
+            await big.get_message()
+        assert info.value.reason.code == 1009
+        assert str(limit) in (info.value.reason.reason or "")
+        with trio.move_on_after(0.2):
+            pytest.fail(f"oversized message delivered: {(await bob.get_message())[:50]}")
+    assert node.node.hub.history("default") == []
+
+
+async def test_chat_text_over_limit_gets_an_error_frame(node: RunningNode) -> None:
+    limit = node.node.settings.max_chat_text_bytes
+    async with open_websocket_url(ws_url(node, "username=alice")) as alice:
+        await alice.send_message("y" * (limit + 1))
+        frame = await _get(alice)
+        assert "error" in frame and str(limit) in frame["error"]
+    assert node.node.hub.history("default") == []
+
+
+async def test_disconnect_leaves_the_room(node: RunningNode) -> None:
+    async with open_websocket_url(ws_url(node, "username=alice")):
+        room = node.node.hub.rooms.get("default")
+        assert room is not None and len(room.members) == 1
+    with trio.fail_after(5):
+        while room.members:
+            await trio.sleep(0.01)
+    assert node.node.hub.connections == {}
