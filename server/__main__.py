@@ -9,12 +9,11 @@ import sys
 from functools import partial
 
 import trio
+from opentelemetry.trace import TracerProvider
 
 from server.errors import ConfigError
 from server.node import serve_node
 from server.settings import Settings, env_name, load_settings
-from opentelemetry.trace import TracerProvider
-
 from tracing.setup import Telemetry, configure_tracing
 
 

@@ -12,7 +12,7 @@ import trio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from server.node import RunningNode, serve_node
 from server.settings import load_settings
@@ -85,6 +85,11 @@ class JsonClient:
                         return self.pending.pop(i)
                 frame = json.loads(await self.ws.get_message())
                 self.pending.extend(frame["frames"] if frame.get("type") == "batch" else [frame])
+
+
+def close_reason(exc: ConnectionClosed) -> tuple[int, str]:
+    assert exc.reason is not None
+    return exc.reason.code, exc.reason.reason or ""
 
 
 def spans_named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:

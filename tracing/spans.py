@@ -40,7 +40,8 @@ WS_MESSAGE_TYPE = "websocket.message_type"
 WS_MESSAGE_SIZE = "websocket.message_size"
 WS_SUBPROTOCOL = "websocket.subprotocol"
 WS_USERNAME = "websocket.username"
-WS_CLOSE_CODE = "websocket.close_code"
+WS_CLOSE_CODE = "websocket.close_code"  # set when the server closed
+WS_CLOSED_BY = "websocket.closed_by"  # "client" or "server"
 
 # KV
 KV_KEY = "kv.key"

@@ -60,9 +60,13 @@ class ConnectionSpans:
                 raise
 
     def closed(self, close_code: int | None, error: BaseException | None = None) -> None:
-        """End the connection: the disconnect span, then the lifetime span."""
+        """End the connection: the disconnect span, then the lifetime span.
+
+        close_code is the code the server closed with, None when the client left.
+        """
         duration = self.duration_ms()
-        attrs = {**self.base, S.WS_DURATION_MS: duration}
+        attrs: dict[str, str | int] = {**self.base, S.WS_DURATION_MS: duration,
+                                       S.WS_CLOSED_BY: "client" if close_code is None else "server"}
         if close_code is not None:
             attrs[S.WS_CLOSE_CODE] = close_code
         self.tracer.start_span(S.WS_DISCONNECT, context=self._context, attributes=attrs).end()

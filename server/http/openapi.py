@@ -57,7 +57,8 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json({"type": "object", "properties": {
                         "status": {"type": "string", "enum": ["ok"]}, "node": {"type": "string"},
                         "version": _VERSION}}, "Stored"),
-                    "400": _json(_FIELD_ERRORS, "Field errors, e.g. `{\"errors\": {\"key\": [\"can't be blank\"]}}`"),
+                    "400": _json(_FIELD_ERRORS,
+                                 "Field errors, e.g. `{\"errors\": {\"key\": [\"can't be blank\"]}}`"),
                     "413": _json(_FIELD_ERRORS, "Body or value too large"),
                 }}},
             "/kv/{key}": {
@@ -104,7 +105,8 @@ def openapi_document() -> dict[str, Any]:
                     "1008 slow consumer or bad username, 1009 message too big, 1011 server error."),
                 "parameters": [
                     {"name": "username", "in": "query", "schema": {"type": "string", "default": "Guest"}},
-                    {"name": "protocol", "in": "query", "schema": {"type": "string", "enum": ["text", "json"]}}],
+                    {"name": "protocol", "in": "query",
+                     "schema": {"type": "string", "enum": ["text", "json"]}}],
                 "responses": {"101": {"description": "Switching protocols"}}}},
         },
     }

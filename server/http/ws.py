@@ -139,7 +139,8 @@ class WebSocketSession:
         while True:
             event = await self.receive()
             if event["type"] == "websocket.disconnect":
-                self.close_code = event.get("code")
+                # Hypercorn reports 1006 for any close the app did not start, so
+                # the client's own code is unknown: note only who closed.
                 cancel.cancel()
                 return
             if event["type"] != "websocket.receive":
