@@ -11,12 +11,12 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 
+# Run from the source tree (not an installed copy) so conf/ sits beside the
+# packages, where the settings loader looks for it.
 COPY pyproject.toml ./
 COPY server ./server
 COPY tracing ./tracing
 COPY conf ./conf
-# Dependencies are already pinned above; don't let the resolver change them.
-RUN pip install --no-deps .
 
 # The server binds to $WEBSERVER_BIND (set in docker-compose.yml).
 ENV WEBSERVER_BIND=0.0.0.0:4000
