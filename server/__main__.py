@@ -12,9 +12,10 @@ import trio
 from opentelemetry.trace import TracerProvider
 
 from server.errors import ConfigError
+from server.logs import setup_logging
 from server.node import serve_node
 from server.settings import Settings, env_name, load_settings
-from tracing.setup import Telemetry, configure_tracing
+from tracing.setup import Telemetry, configure_tracing, load_tracing_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,14 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 async def run(settings: Settings) -> None:
     log = logging.getLogger("server")
-    # Signals are caught from the start so a early SIGTERM still exits cleanly.
+    # Signals are caught from the start so an early SIGTERM still exits cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         telemetries: list[Telemetry] = []
 
@@ -59,16 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(config_path=args.config,
                                  overrides={"bind": args.bind, "node_name": args.node_name})
+        load_tracing_config(settings.telemetry_config)  # fail before serving, not during
     except ConfigError as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
+    failed = False
     try:
         trio.run(run, settings)
-    except OSError as exc:
-        print(f"webserver: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* OSError as group:  # e.g. the port is taken
+        for exc in group.exceptions:
+            print(f"webserver: {exc}", file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

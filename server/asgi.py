@@ -12,8 +12,8 @@ import os
 
 import trio
 
-from server.__main__ import setup_logging
 from server.app import create_app, create_asgi
+from server.logs import setup_logging
 from server.node import Node, default_node_name
 from server.settings import load_settings
 from tracing.setup import configure_tracing

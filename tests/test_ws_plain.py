@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 import trio
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from server.node import RunningNode
-from tests.harness import close_reason, ws_url
+from tests.harness import close_reason, start_node, ws_url
 
 
 async def _get(ws: WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
@@ -102,3 +103,17 @@ async def test_disconnect_leaves_the_room(node: RunningNode) -> None:
         while room.members:
             await trio.sleep(0.01)
     assert node.node.hub.connections == {}
+
+
+async def test_history_longer_than_the_outbound_queue_still_arrives(
+        nursery: trio.Nursery, exporter: InMemorySpanExporter) -> None:
+    node = await start_node(nursery, exporter, outbound_queue_size=4)
+    async with open_websocket_url(ws_url(node, "username=alice")) as alice:
+        for i in range(20):
+            await alice.send_message(f"m{i}")
+        with trio.fail_after(5):
+            while len(node.node.hub.history("default")) < 20:
+                await trio.sleep(0.01)
+    async with open_websocket_url(ws_url(node, "username=late")) as late:
+        assert [(await _get(late))["text"] for _ in range(20)] == [f"m{i}" for i in range(20)]
+    node.stop()

@@ -113,10 +113,6 @@ class WebSocketSession:
         try:
             self.spans.connected()
             self.hub.add(self.conn)
-            if self.conn.protocol is Protocol.TEXT:
-                self.hub.join(self.conn, DEFAULT_ROOM)
-                for message in self.hub.history(DEFAULT_ROOM):
-                    await self.conn.send_reply(Hub.encode_message(message, Protocol.TEXT))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, nursery.cancel_scope)
                 nursery.start_soon(self._writer, nursery.cancel_scope)
@@ -135,6 +131,12 @@ class WebSocketSession:
 
     # -- reading -------------------------------------------------------------
     async def _reader(self, cancel: trio.CancelScope) -> None:
+        if self.conn.protocol is Protocol.TEXT:
+            # The original's greeting: join `default`, then its history. The
+            # writer is already running, so history longer than the queue flows.
+            self.hub.join(self.conn, DEFAULT_ROOM)
+            for message in self.hub.history(DEFAULT_ROOM):
+                await self.conn.send_reply(Hub.encode_message(message, Protocol.TEXT))
         max_size = self.node.settings.ws_max_message_size
         while True:
             event = await self.receive()
