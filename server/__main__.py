@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trio.run(run, settings)
     except* OSError as group:  # e.g. the port is taken
-        for exc in group.exceptions:
-            print(f"webserver: {exc}", file=sys.stderr)
+        for error in group.exceptions:
+            print(f"webserver: {error}", file=sys.stderr)
         failed = True
     return 1 if failed else 0
 

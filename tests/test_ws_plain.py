@@ -97,8 +97,10 @@ async def test_chat_text_over_limit_gets_an_error_frame(node: RunningNode) -> No
 
 async def test_disconnect_leaves_the_room(node: RunningNode) -> None:
     async with open_websocket_url(ws_url(node, "username=alice")):
-        room = node.node.hub.rooms.get("default")
-        assert room is not None and len(room.members) == 1
+        with trio.fail_after(5):  # the server joins it to `default` just after the handshake
+            while (room := node.node.hub.rooms.get("default")) is None or not room.members:
+                await trio.sleep(0.01)
+        assert len(room.members) == 1
     with trio.fail_after(5):
         while room.members:
             await trio.sleep(0.01)

@@ -52,8 +52,13 @@ class Connection:
     stuck_since: float | None = None
     close_request: tuple[int, str] | None = None
 
+    # Extra room for the history a plain client is sent on connect, queued
+    # before any live message so the two never interleave or repeat.
+    history_reserve: int = 0
+
     def __post_init__(self) -> None:
-        self.outbox, self.inbox = trio.open_memory_channel[Outgoing](self.queue_size)
+        self.outbox, self.inbox = trio.open_memory_channel[Outgoing](
+            self.queue_size + self.history_reserve)
 
     def offer(self, frame: str) -> bool:
         """Queue a frame without waiting; on a full queue drop it and maybe evict.

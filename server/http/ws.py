@@ -73,25 +73,25 @@ async def websocket_endpoint(node: Node, scope: Scope, receive: Any, send: Any) 
     accept: dict[str, Any] = {"type": "websocket.accept"}
     if SUBPROTOCOL in subprotocols:
         accept["subprotocol"] = SUBPROTOCOL
-    await send(accept)
+    refusal: tuple[int, str] | None = None
     try:
         username = check_username(query.get("username"))
     except RequestError as exc:
-        await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION,
-                    "reason": f"username {exc.message}"})
-        return
+        refusal = (CLOSE_POLICY_VIOLATION, f"username {exc.message}")
     if query.get("protocol") not in (None, "json", "text"):
-        await send({"type": "websocket.close", "code": CLOSE_POLICY_VIOLATION,
-                    "reason": "protocol must be 'json' or 'text'"})
+        refusal = (CLOSE_POLICY_VIOLATION, "protocol must be 'json' or 'text'")
+    elif node.shutting_down:
+        refusal = (CLOSE_GOING_AWAY, "server shutting down")
+    if refusal is not None:
+        # Accept, then close: a refused handshake could not say why.
+        await send(accept)
+        await send({"type": "websocket.close", "code": refusal[0], "reason": refusal[1]})
         return
     s = node.settings
     conn = Connection(username, Protocol.JSON if use_json else Protocol.TEXT,
                       queue_size=s.outbound_queue_size, slow_timeout=s.slow_consumer_timeout,
-                      peer=_peer(scope))
-    if node.shutting_down:
-        await send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": "server shutting down"})
-        return
-    await WebSocketSession(node, conn, scope, send, receive).run()
+                      peer=_peer(scope), history_reserve=0 if use_json else s.history_size)
+    await WebSocketSession(node, conn, scope, send, receive).run(accept)
 
 
 class WebSocketSession:
@@ -108,11 +108,19 @@ class WebSocketSession:
                         "websocket.username": conn.username})
         self.json = JsonSession(conn, node.hub, node.kv, node.settings)
 
-    async def run(self) -> None:
+    async def run(self, accept: dict[str, Any]) -> None:
         error: BaseException | None = None
         try:
-            self.spans.connected()
             self.hub.add(self.conn)
+            if self.conn.protocol is Protocol.TEXT:
+                # In `default` before the handshake completes, so a client never
+                # misses a message sent after it is connected; the history is
+                # queued in the same step, so it comes first and nothing twice.
+                self.hub.join(self.conn, DEFAULT_ROOM)
+                for message in self.hub.history(DEFAULT_ROOM):
+                    self.conn.outbox.send_nowait(Hub.encode_message(message, Protocol.TEXT))
+            await self.send(accept)
+            self.spans.connected()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, nursery.cancel_scope)
                 nursery.start_soon(self._writer, nursery.cancel_scope)
@@ -131,12 +139,6 @@ class WebSocketSession:
 
     # -- reading -------------------------------------------------------------
     async def _reader(self, cancel: trio.CancelScope) -> None:
-        if self.conn.protocol is Protocol.TEXT:
-            # The original's greeting: join `default`, then its history. The
-            # writer is already running, so history longer than the queue flows.
-            self.hub.join(self.conn, DEFAULT_ROOM)
-            for message in self.hub.history(DEFAULT_ROOM):
-                await self.conn.send_reply(Hub.encode_message(message, Protocol.TEXT))
         max_size = self.node.settings.ws_max_message_size
         while True:
             event = await self.receive()
