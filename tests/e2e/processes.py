@@ -1,0 +1,195 @@
+"""Real server processes for end-to-end tests: `python -m server` and the Hypercorn CLI.
+
+Every wait has a deadline, and `running_process` kills whatever is still alive
+when the test ends, passed or failed. stdout is a pipe (the node announces its
+URL there); stderr goes to an append-only temporary file, so a chatty process
+can never block on a full pipe and the test can read it at any time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import IO
+
+import httpx
+import trio
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NODE_COMMAND = (sys.executable, "-m", "server")
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+_LISTENING = re.compile(r"webserver node (\S+) listening on (\S+)")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the socket is closed again)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PortInUse(AssertionError):
+    """The process could not bind its port: someone took it after `free_port` found it free."""
+
+
+def _ended(proc: ServerProcess, what: str) -> AssertionError:
+    cls = PortInUse if "Address already in use" in proc.stderr() else AssertionError
+    return cls(f"process ended before {what}:\n{proc.describe()}")
+
+
+def process_env(overrides: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The parent's environment minus its WEBSERVER_* / OTEL_* settings, plus ours.
+
+    Defaults: bind an OS-chosen loopback port, tracing off (a test that wants
+    spans sets OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_SDK_DISABLED=None). A value
+    of None removes the variable.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSERVER_", "OTEL_"))}
+    env.update(PYTHONUNBUFFERED="1", WEBSERVER_BIND="127.0.0.1:0", OTEL_SDK_DISABLED="true")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+class ServerProcess:
+    def __init__(self, process: trio.Process, stderr: IO[bytes], command: Sequence[str]) -> None:
+        self.process = process
+        self.command = list(command)
+        self._stderr = stderr
+        self._stdout = bytearray()
+        self.url = ""
+        self.node_name = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/ws"
+
+    def stderr(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+    def stdout(self) -> str:
+        """What has been read from stdout (up to the listening line)."""
+        return self._stdout.decode("utf-8", "replace")
+
+    def describe(self) -> str:
+        return (f"{' '.join(self.command)} (pid {self.pid}, returncode {self.returncode})\n"
+                f"--- stdout ---\n{self.stdout()}--- stderr ---\n{self.stderr()}")
+
+    async def read_listening_line(self, timeout: float = STARTUP_TIMEOUT) -> str:
+        """Read stdout until `webserver node NAME listening on URL`; returns the URL."""
+        assert self.process.stdout is not None
+        with trio.move_on_after(timeout):
+            while True:
+                if match := _LISTENING.search(self.stdout()):
+                    self.node_name, self.url = match.group(1), match.group(2)
+                    return self.url
+                chunk = await self.process.stdout.receive_some(4096)
+                if not chunk:
+                    await self.wait_exit(5)
+                    raise _ended(self, "listening")
+                self._stdout += chunk
+        raise AssertionError(f"no 'listening on' line within {timeout}s:\n{self.describe()}")
+
+    async def wait_http_ready(self, url: str, path: str = "/nodes",
+                              timeout: float = STARTUP_TIMEOUT) -> None:
+        """For servers that announce nothing on stdout: poll until `path` answers 200."""
+        self.url = url
+        with trio.move_on_after(timeout) as scope:
+            async with httpx.AsyncClient(base_url=url, timeout=2) as client:
+                while True:
+                    if self.returncode is not None:
+                        raise _ended(self, "serving")
+                    try:
+                        if (await client.get(path)).status_code == 200:
+                            return
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.1)
+        if scope.cancelled_caught:
+            raise AssertionError(f"{url}{path} did not answer within {timeout}s:\n{self.describe()}")
+
+    async def wait_exit(self, timeout: float) -> int:
+        """The exit code of a process expected to end by itself within timeout."""
+        with trio.move_on_after(timeout):
+            return await self.process.wait()
+        raise AssertionError(f"process still running after {timeout}s:\n{self.describe()}")
+
+    async def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, then the exit code; a process that overruns is killed and the test fails."""
+        if self.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(timeout):
+            return await self.process.wait()
+        self.process.kill()
+        with trio.move_on_after(5):
+            await self.process.wait()
+        raise AssertionError(f"no exit within {timeout}s of SIGTERM; killed:\n{self.describe()}")
+
+
+@asynccontextmanager
+async def running_process(command: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[ServerProcess]:
+    """Start command in the repository root; on the way out, whatever still runs is
+    sent SIGTERM and, after a grace period, SIGKILL."""
+    with tempfile.TemporaryFile(mode="a+b", prefix="e2e-stderr-") as stderr:
+        process = await trio.lowlevel.open_process(
+            list(command), cwd=str(REPO_ROOT), env=dict(env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=stderr)
+        proc = ServerProcess(process, stderr, command)
+        try:
+            yield proc
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(STOP_TIMEOUT):
+                        await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    with trio.move_on_after(5):
+                        await process.wait()
+                if process.stdout is not None:
+                    await process.stdout.aclose()
+
+
+async def enter_on_free_port(stack: AsyncExitStack,
+                             start: Callable[[int], AbstractAsyncContextManager[ServerProcess]],
+                             attempts: int = 3) -> tuple[int, ServerProcess]:
+    """Start a server on a specific free port, trying another if it was taken meanwhile."""
+    for _ in range(attempts):
+        port = free_port()
+        try:
+            return port, await stack.enter_async_context(start(port))
+        except PortInUse:
+            continue
+    raise AssertionError(f"no free port could be bound in {attempts} attempts")
+
+
+@asynccontextmanager
+async def node_process(env: Mapping[str, str | None] | None = None, args: Sequence[str] = (),
+                       startup_timeout: float = STARTUP_TIMEOUT) -> AsyncIterator[ServerProcess]:
+    """`python -m server ARGS` with process_env(env), yielded once it is listening."""
+    async with running_process([*NODE_COMMAND, *args], process_env(env)) as proc:
+        await proc.read_listening_line(startup_timeout)
+        yield proc
