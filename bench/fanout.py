@@ -1,0 +1,241 @@
+"""Chat fan-out in one room: our server against a naive Quart-Trio broadcaster.
+
+`python -m bench.fanout [--rounds 3] [--sizes 200,1000]`. A room of N members
+(1 sender + N-1 receivers, plain protocol `/ws?username=...`); the sender sends
+M messages in bursts of 10 with at most 20 in flight, each carrying a sequence
+number and its send time; every receiver counts deliveries and a sample of 50
+records latency (same machine clock, CLOCK_MONOTONIC).
+
+    delivered msg/s = deliveries / (last delivery - first send)
+
+Variants alternate (ours naive ours naive ...), a fresh server per run, server
+on one core and this client on the other. Tracing is off in our server (the
+naive one has none) unless --tracing on, so the figures compare fan-out designs.
+
+Slow-consumer isolation (ours only): the same room plus one member that
+connects with a 4 KiB receive buffer and never reads; a 3.6 MB prefill first
+fills its kernel buffers so its server-side queue is full while measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bench.fanout_driver import FanoutDriver, Phase
+from bench.procs import (
+    Cores,
+    child_env,
+    choose_cores,
+    cpu_seconds,
+    node_env,
+    pin_self,
+    raise_fd_limit,
+    server,
+)
+from bench.report import banner, median, ratio, table
+from bench.ws_client import OP_CLOSE, OP_TEXT, WsConn, close_all, open_many, parse_frames
+
+BURST, WINDOW = 10, 20  # defaults: send 10 at a time, at most 20 not yet delivered to all
+WARMUP_MESSAGES = 20
+PREFILL_MESSAGES, PREFILL_PAD = 240, 15000  # 3.6 MB: more than a stalled socket's kernel buffers
+
+
+@dataclass(frozen=True)
+class Options:
+    rounds: int
+    sizes: list[int]
+    deliveries: int  # target deliveries per measured run (M = deliveries / (N-1))
+    isolation_n: int
+    tracing: str
+    burst: int
+    window: int
+    gc_threshold: str  # what-if: gc.set_threshold(...) in our server before it starts; "" = default
+
+
+@dataclass(frozen=True)
+class Outcome:
+    variant: str
+    n: int
+    phase: Phase
+    server_cpu: float  # fraction of one core used during the measured phase
+    client_cpu: float
+    note: str = ""
+
+
+@contextmanager
+def start(variant: str, cores: Cores, tracing: str, gc_threshold: str = ""
+          ) -> Iterator[tuple[str, int, int]]:
+    if variant == "naive":
+        ctx = server("bench.naive_server", cores.server, child_env(), name="naive")
+    else:
+        # Tracing "on" exports to a closed port: no receiver process to perturb the client core.
+        env = node_env(tracing, None if tracing == "off" else "http://127.0.0.1:9")
+        prelude = f"import gc\ngc.set_threshold({gc_threshold})" if gc_threshold else ""
+        ctx = server("server", cores.server, env, name="node", prelude=prelude)
+    with ctx as (child, url):
+        parts = urlsplit(url)
+        yield parts.hostname or "127.0.0.1", parts.port or 80, child.pid
+
+
+def drain_stalled(conn: WsConn, tag: str, seconds: float = 3.0) -> tuple[int, int | None]:
+    """Read the stalled member at last: (messages it got, close code if the server closed it)."""
+    conn.sock.settimeout(0.5)
+    marker = f'"text":"{tag}:'.encode()
+    got, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = conn.sock.recv(262144)
+        except (TimeoutError, OSError):
+            break
+        if not data:
+            break
+        conn.buf += data
+        for op, payload in parse_frames(conn):
+            if op == OP_TEXT and marker in payload:
+                got += 1
+            elif op == OP_CLOSE:
+                return got, int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+    return got, None
+
+
+def measure(host: str, port: int, pid: int, variant: str, n: int, messages: int, *,
+            burst: int = BURST, window: int = WINDOW, stalled_member: bool = False,
+            prefill: bool = False) -> Outcome:
+    tag = os.urandom(4).hex()
+    conns: list[WsConn] = []
+    try:
+        conns += open_many(host, port, ["/ws?username=sender"])
+        conns += open_many(host, port, [f"/ws?username=r{i}" for i in range(n - 1)])
+        stalled = None
+        if stalled_member:
+            stalled = open_many(host, port, ["/ws?username=stalled"], rcvbuf=4096)[0]
+            conns.append(stalled)
+        driver = FanoutDriver(conns[0], conns[1:n], tag)
+        try:
+            driver.sync()
+            if prefill:
+                driver.run("p", PREFILL_MESSAGES, burst=burst, window=window, pad=PREFILL_PAD)
+            driver.run("w", WARMUP_MESSAGES, burst=burst, window=window)
+            cpu0, mine0, wall0 = cpu_seconds(pid), time.process_time(), time.monotonic()
+            phase = driver.run("m", messages, burst=burst, window=window)
+            wall = time.monotonic() - wall0
+            server_cpu = (cpu_seconds(pid) - cpu0) / wall
+            client_cpu = (time.process_time() - mine0) / wall
+        finally:
+            driver.close()
+        note = ""
+        if phase.stalled:
+            note = f"STALLED: {phase.completed}/{messages} messages reached everyone"
+        if stalled is not None:
+            got, code = drain_stalled(stalled, tag)
+            note += ("; " if note else "") + (f"stalled member got {got} of {driver.total_sent} messages"
+                     f"{'' if code is None else f', then close {code}'}")
+        return Outcome(variant, n, phase, server_cpu, client_cpu, note)
+    finally:
+        close_all(conns)
+
+
+def messages_for(n: int, deliveries: int) -> int:
+    return max(50, round(deliveries / (n - 1) / BURST) * BURST)
+
+
+def describe(o: Outcome) -> str:
+    p = o.phase
+    return (f"{o.variant:<12} N={o.n:<5} {p.rate:9.0f} msg/s  p50 {p.latency_ms(50):7.1f} ms  "
+            f"p99 {p.latency_ms(99):7.1f} ms  ({p.deliveries} deliveries of {p.sent} messages "
+            f"in {p.seconds:.2f}s; CPU server {o.server_cpu:.0%} client {o.client_cpu:.0%})"
+            f"{'  ' + o.note if o.note else ''}")
+
+
+def summary_rows(outcomes: list[Outcome], variants: tuple[str, ...], sizes: list[int]
+                 ) -> dict[tuple[str, int], tuple[float, float, float]]:
+    out = {}
+    for n in sizes:
+        for v in variants:
+            ps = [o.phase for o in outcomes if o.variant == v and o.n == n]
+            out[v, n] = (median([p.rate for p in ps]), median([p.latency_ms(50) for p in ps]),
+                         median([p.latency_ms(99) for p in ps]))
+    return out
+
+
+def render(outcomes: list[Outcome], variants: tuple[str, str], sizes: list[int], label: str) -> str:
+    med = summary_rows(outcomes, variants, sizes)
+    rows = [[v, str(n), f"{med[v, n][0]:.0f}", f"{med[v, n][1]:.1f}", f"{med[v, n][2]:.1f}"]
+            for n in sizes for v in variants]
+    lines = [table(["variant", "N", "delivered msg/s", "p50 ms", "p99 ms"], rows)]
+    a, b = variants
+    for n in sizes:
+        lines.append(f"{label} at N={n}: throughput {ratio(med[a, n][0], med[b, n][0]):.2f}x, "
+                     f"p50 {ratio(med[a, n][1], med[b, n][1]):.2f}x, "
+                     f"p99 {ratio(med[a, n][2], med[b, n][2]):.2f}x")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sizes", default="200,1000", help="room sizes N, comma-separated")
+    p.add_argument("--deliveries", type=int, default=100_000, help="target deliveries per run")
+    p.add_argument("--isolation-n", type=int, default=200,
+                   help="room size for the stalled-member test; 0 skips it")
+    p.add_argument("--tracing", choices=("off", "on"), default="off")
+    p.add_argument("--burst", type=int, default=BURST, help="messages sent back to back")
+    p.add_argument("--gc-threshold", default="", metavar="G0,G1,G2",
+                   help="what-if: call gc.set_threshold(G0,G1,G2) in our server before it starts")
+    p.add_argument("--window", type=int, default=WINDOW,
+                   help="messages in flight at most (sent, not yet delivered to every receiver)")
+    a = p.parse_args(argv)
+    if not 0 < a.burst <= a.window:
+        p.error("need 0 < burst <= window")
+    return Options(a.rounds, [int(x) for x in a.sizes.split(",")], a.deliveries, a.isolation_n,
+                   a.tracing, a.burst, a.window, a.gc_threshold)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    cores = choose_cores()
+    pin_self(cores.client)
+    raise_fd_limit()
+    print(banner("WebSocket chat fan-out: ours vs naive Quart-Trio"))
+    print(f"{cores.describe()}; bursts of {opts.burst}, at most {opts.window} messages in flight; "
+          f"~{opts.deliveries} deliveries per run; latency sampled on 50 receivers; "
+          f"tracing in ours: {opts.tracing}"
+          f"{f'; gc.set_threshold({opts.gc_threshold}) in ours' if opts.gc_threshold else ''}; "
+          f"{opts.rounds} rounds, variants alternating, "
+          "fresh server per run", flush=True)
+    outcomes: list[Outcome] = []
+    for rnd in range(1, opts.rounds + 1):
+        for n in opts.sizes:
+            for variant in ("ours", "naive"):
+                with start(variant, cores, opts.tracing, opts.gc_threshold) as (host, port, pid):
+                    o = measure(host, port, pid, variant, n, messages_for(n, opts.deliveries),
+                                burst=opts.burst, window=opts.window)
+                outcomes.append(o)
+                print(f"  round {rnd} {describe(o)}", flush=True)
+    print(render(outcomes, ("ours", "naive"), opts.sizes, "ours/naive"), flush=True)
+    if opts.isolation_n:
+        n = opts.isolation_n
+        prefill_mb = PREFILL_MESSAGES * PREFILL_PAD / 1e6
+        print(f"\nslow-consumer isolation (ours, N={n} + 1 member that never reads; "
+              f"both variants get the same {prefill_mb:.1f} MB prefill)", flush=True)
+        iso: list[Outcome] = []
+        for rnd in range(1, opts.rounds + 1):
+            for variant, stalled in (("ours", False), ("ours+stalled", True)):
+                with start("ours", cores, opts.tracing, opts.gc_threshold) as (host, port, pid):
+                    o = measure(host, port, pid, variant, n, messages_for(n, opts.deliveries),
+                                burst=opts.burst, window=opts.window, stalled_member=stalled,
+                                prefill=True)
+                iso.append(o)
+                print(f"  round {rnd} {describe(o)}", flush=True)
+        print(render(iso, ("ours+stalled", "ours"), [n], "with/without stalled member"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
