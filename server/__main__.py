@@ -14,6 +14,7 @@ from opentelemetry.trace import TracerProvider
 from server.errors import ConfigError
 from server.logs import setup_logging
 from server.node import serve_node
+from server.runtime import tune_gc
 from server.settings import Settings, env_name, load_settings
 from tracing.setup import Telemetry, configure_tracing, load_tracing_config
 
@@ -39,6 +40,7 @@ async def run(settings: Settings) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 running = await nursery.start(partial(serve_node, settings, make_provider))
+                tune_gc(settings.gc_thresholds)
                 log.info("node %s serving on %s", running.node.name, running.url)
                 print(f"webserver node {running.node.name} listening on {running.url}", flush=True)
                 async for signum in signals:

@@ -15,6 +15,7 @@ import trio
 from server.app import create_app, create_asgi
 from server.logs import setup_logging
 from server.node import Node, default_node_name
+from server.runtime import tune_gc
 from server.settings import load_settings
 from tracing.setup import configure_tracing
 
@@ -36,6 +37,7 @@ async def _start_node() -> None:
             await node.run()
 
     _quart.nursery.start_soon(run_services)
+    tune_gc(settings.gc_thresholds)
     log.info("node %s started (pid %d)", node.name, os.getpid())
 
 

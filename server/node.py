@@ -26,6 +26,7 @@ from server.chat.hub import Hub
 from server.kv.service import KV
 from server.kv.store import Store
 from server.settings import Settings
+from tracing.lean import tracer_for
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Node:
                  tracer_provider: trace.TracerProvider) -> None:
         self.settings = settings
         self.name = name
-        self.tracer = tracer_provider.get_tracer("webserver")
+        self.tracer = tracer_for(tracer_provider, "webserver")
         self.store = Store(name, max_keys=settings.max_keys)
         self.kv = KV(self.store, self.tracer)
         self.hub = Hub(node_name=name, tracer=self.tracer, history_size=settings.history_size,

@@ -50,6 +50,8 @@ class Settings:
     max_rooms_per_connection: int = 32
     max_keys: int = 100000
     shutdown_timeout: float = 5.0
+    # Python GC thresholds "gen0,gen1,gen2" ("" keeps Python's); see server/runtime.py.
+    gc_thresholds: str = "50000,20,100"
     telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
     log_level: str = "INFO"
 
@@ -62,6 +64,9 @@ class Settings:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if value < 0 or (value == 0 and f.name not in _ZERO_MEANS_OFF):
                     raise ConfigError(f"{f.name}: must be positive, got {value!r}")
+        from server.runtime import parse_gc_thresholds
+
+        parse_gc_thresholds(self.gc_thresholds)
         if self.max_body_bytes < self.max_value_bytes:
             raise ConfigError("max_body_bytes: must be at least max_value_bytes")
         return self

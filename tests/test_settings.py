@@ -59,3 +59,10 @@ def test_zero_disables_tcp_user_timeout_only() -> None:
     assert load_settings(environ={"WEBSERVER_TCP_USER_TIMEOUT": "0"}).tcp_user_timeout == 0
     with pytest.raises(ConfigError):
         load_settings(environ={"WEBSERVER_SHUTDOWN_TIMEOUT": "0"})
+
+
+def test_gc_thresholds_are_checked() -> None:
+    assert load_settings(environ={"WEBSERVER_GC_THRESHOLDS": ""}).gc_thresholds == ""
+    for bad in ("1,2", "a,b,c", "0,1,1"):
+        with pytest.raises(ConfigError, match="gc_thresholds"):
+            load_settings(environ={"WEBSERVER_GC_THRESHOLDS": bad})

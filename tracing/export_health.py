@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 log = logging.getLogger("tracing.export")
 
@@ -104,3 +104,30 @@ class HealthReportingExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """Drops a span at once when the queue is full, and counts it.
+
+    The SDK would log a warning per dropped span: while the collector is down
+    that is two log records per request, a measurable cost (see bench/).
+    """
+
+    def __init__(self, exporter: SpanExporter, health: ExportHealth, *, max_queue_size: int,
+                 schedule_delay_millis: int, max_export_batch_size: int,
+                 export_timeout_millis: int) -> None:
+        super().__init__(exporter, max_queue_size=max_queue_size,
+                         schedule_delay_millis=schedule_delay_millis,
+                         max_export_batch_size=max_export_batch_size,
+                         export_timeout_millis=export_timeout_millis)
+        self.health = health
+        # The SDK's queue (a bounded deque); read-only here, for its length.
+        self._queue = getattr(self._batch_processor, "_queue", None)
+        self._limit = max_queue_size
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._queue is not None and len(self._queue) >= self._limit:
+            with self.health._lock:
+                self.health.dropped_spans += 1
+            return
+        super().on_end(span)

@@ -17,12 +17,12 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import NoOpTracerProvider
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
 from server.errors import ConfigError
-from tracing.export_health import ExportHealth, HealthReportingExporter
+from tracing.export_health import CountingBatchSpanProcessor, ExportHealth, HealthReportingExporter
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,12 @@ def make_resource(cfg: TracingConfig, node_name: str) -> Resource:
 
 def make_otlp_exporter(cfg: TracingConfig) -> SpanExporter:
     from grpc import Compression
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    from tracing.otlp_exporter import FastOTLPSpanExporter
 
     compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate,
                    "none": Compression.NoCompression}[cfg.compression]
-    return OTLPSpanExporter(endpoint=cfg.endpoint, compression=compression, timeout=cfg.timeout_s)
+    return FastOTLPSpanExporter(endpoint=cfg.endpoint, compression=compression, timeout=cfg.timeout_s)
 
 
 class Telemetry:
@@ -170,8 +171,8 @@ def configure_tracing(
     health = ExportHealth(cfg.endpoint)
     provider = TracerProvider(resource=make_resource(cfg, node_name), shutdown_on_exit=False)
     inner = exporter if exporter is not None else make_otlp_exporter(cfg)
-    provider.add_span_processor(BatchSpanProcessor(
-        HealthReportingExporter(inner, health),
+    provider.add_span_processor(CountingBatchSpanProcessor(
+        HealthReportingExporter(inner, health), health,
         max_queue_size=cfg.max_queue_size,
         schedule_delay_millis=cfg.schedule_delay_ms,
         max_export_batch_size=cfg.max_export_batch_size,

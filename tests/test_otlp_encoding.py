@@ -1,0 +1,59 @@
+"""Our hand-written OTLP encoding parses to exactly the SDK encoder's message."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from tracing.otlp_encoding import OtlpTraceEncoder
+
+
+def _spans() -> list[ReadableSpan]:
+    exporter = InMemorySpanExporter()
+    finished: list[ReadableSpan] = []
+    for name in ("n1", "n2"):  # two resources
+        provider = TracerProvider(resource=Resource.create({"service.name": "webserver",
+                                                            "service.instance.id": name}),
+                                  shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("webserver", "1.2", schema_url="https://x/schema")
+        other = provider.get_tracer("other")
+        remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1),
+                             trace_state=TraceState([("k", "v"), ("z", "1")]))
+        with tracer.start_as_current_span(
+                "GET /kv/{key}", context=trace.set_span_in_context(NonRecordingSpan(remote)),
+                kind=SpanKind.SERVER,
+                attributes={"s": "é", "i": -5, "big": 2**62, "f": 1.5, "b": False, "t": True,
+                            "strs": ("a", "b"), "ints": (1, 2), "empty": ""}) as root:
+            root.add_event("exception", {"exception.type": "E", "n": 0})
+            root.add_event("bare")
+            root.set_status(Status(StatusCode.ERROR, "boom"))
+            with other.start_as_current_span("kv.get", links=[
+                    Link(root.get_span_context(), {"why": "test"}), Link(remote)]) as child:
+                child.set_status(Status(StatusCode.OK))
+            tracer.start_span("websocket.message", kind=SpanKind.CONSUMER,
+                              context=trace.set_span_in_context(NonRecordingSpan(remote))).end()
+            for i in range(3):  # the pair cache must not change anything
+                tracer.start_span("again", attributes={"s": "é", "n": i}).end()
+    finished.extend(exporter.get_finished_spans())
+    return finished
+
+
+def test_encoding_matches_the_sdk_encoder() -> None:
+    spans = _spans()
+    encoder = OtlpTraceEncoder()
+    for _ in range(2):  # second round: everything from the caches
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+        assert ours == encode_spans(spans)
+
+
+def test_empty_batch() -> None:
+    assert OtlpTraceEncoder().encode([]) == b""
+    assert ExportTraceServiceRequest.FromString(b"") == encode_spans([])
