@@ -55,7 +55,7 @@ class Options:
     tracing: str
     burst: int
     window: int
-    gc_threshold: str  # what-if: gc.set_threshold(...) in our server before it starts; "" = default
+    gc_threshold: str | None  # our server's WEBSERVER_GC_THRESHOLDS; None = its configured default
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,16 @@ class Outcome:
 
 
 @contextmanager
-def start(variant: str, cores: Cores, tracing: str, gc_threshold: str = ""
+def start(variant: str, cores: Cores, tracing: str, gc_threshold: str | None = None
           ) -> Iterator[tuple[str, int, int]]:
     if variant == "naive":
         ctx = server("bench.naive_server", cores.server, child_env(), name="naive")
     else:
         # Tracing "on" exports to a closed port: no receiver process to perturb the client core.
         env = node_env(tracing, None if tracing == "off" else "http://127.0.0.1:9")
-        prelude = f"import gc\ngc.set_threshold({gc_threshold})" if gc_threshold else ""
-        ctx = server("server", cores.server, env, name="node", prelude=prelude)
+        if gc_threshold is not None:
+            env["WEBSERVER_GC_THRESHOLDS"] = gc_threshold
+        ctx = server("server", cores.server, env, name="node")
     with ctx as (child, url):
         parts = urlsplit(url)
         yield parts.hostname or "127.0.0.1", parts.port or 80, child.pid
@@ -186,8 +187,8 @@ def parse_args(argv: list[str] | None) -> Options:
                    help="room size for the stalled-member test; 0 skips it")
     p.add_argument("--tracing", choices=("off", "on"), default="off")
     p.add_argument("--burst", type=int, default=BURST, help="messages sent back to back")
-    p.add_argument("--gc-threshold", default="", metavar="G0,G1,G2",
-                   help="what-if: call gc.set_threshold(G0,G1,G2) in our server before it starts")
+    p.add_argument("--gc-threshold", default=None, metavar="G0,G1,G2",
+                   help="our server's WEBSERVER_GC_THRESHOLDS (default: its own setting; '' = Python's)")
     p.add_argument("--window", type=int, default=WINDOW,
                    help="messages in flight at most (sent, not yet delivered to every receiver)")
     a = p.parse_args(argv)
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cores.describe()}; bursts of {opts.burst}, at most {opts.window} messages in flight; "
           f"~{opts.deliveries} deliveries per run; latency sampled on 50 receivers; "
           f"tracing in ours: {opts.tracing}"
-          f"{f'; gc.set_threshold({opts.gc_threshold}) in ours' if opts.gc_threshold else ''}; "
+          f"{'' if opts.gc_threshold is None else f'; gc thresholds {opts.gc_threshold!r} in ours'}; "
           f"{opts.rounds} rounds, variants alternating, "
           "fresh server per run", flush=True)
     outcomes: list[Outcome] = []
