@@ -46,6 +46,11 @@ WARMUP_MESSAGES = 20
 PREFILL_MESSAGES, PREFILL_PAD = 240, 15000  # 3.6 MB: more than a stalled socket's kernel buffers
 
 
+# A run lasts ~5 s, as long as the default slow_consumer_timeout: shorten it so
+# the stalled member is seen being closed.
+ISOLATION_SLOW_TIMEOUT = "1"
+
+
 @dataclass(frozen=True)
 class Options:
     rounds: int
@@ -69,13 +74,13 @@ class Outcome:
 
 
 @contextmanager
-def start(variant: str, cores: Cores, tracing: str, gc_threshold: str | None = None
-          ) -> Iterator[tuple[str, int, int]]:
+def start(variant: str, cores: Cores, tracing: str, gc_threshold: str | None = None,
+          **settings: str) -> Iterator[tuple[str, int, int]]:
     if variant == "naive":
         ctx = server("bench.naive_server", cores.server, child_env(), name="naive")
     else:
         # Tracing "on" exports to a closed port: no receiver process to perturb the client core.
-        env = node_env(tracing, None if tracing == "off" else "http://127.0.0.1:9")
+        env = node_env(tracing, None if tracing == "off" else "http://127.0.0.1:9", **settings)
         if gc_threshold is not None:
             env["WEBSERVER_GC_THRESHOLDS"] = gc_threshold
         ctx = server("server", cores.server, env, name="node")
@@ -224,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         n = opts.isolation_n
         prefill_mb = PREFILL_MESSAGES * PREFILL_PAD / 1e6
         print(f"\nslow-consumer isolation (ours, N={n} + 1 member that never reads; "
-              f"both variants get the same {prefill_mb:.1f} MB prefill)", flush=True)
+              f"both variants get the same {prefill_mb:.1f} MB prefill; slow_consumer_timeout "
+              f"{ISOLATION_SLOW_TIMEOUT}s so the policy closes it within a run)", flush=True)
         iso: list[Outcome] = []
         for rnd in range(1, opts.rounds + 1):
             for variant, stalled in (("ours", False), ("ours+stalled", True)):
-                with start("ours", cores, opts.tracing, opts.gc_threshold) as (host, port, pid):
+                with start("ours", cores, opts.tracing, opts.gc_threshold,
+                           slow_consumer_timeout=ISOLATION_SLOW_TIMEOUT) as (host, port, pid):
                     o = measure(host, port, pid, variant, n, messages_for(n, opts.deliveries),
                                 burst=opts.burst, window=opts.window, stalled_member=stalled,
                                 prefill=True)

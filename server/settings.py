@@ -23,7 +23,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
 ENV_PREFIX = "WEBSERVER_"
 # Names of variables that steer loading rather than being settings themselves.
 CONFIG_ENV = "WEBSERVER_CONFIG"
-_ZERO_MEANS_OFF = {"tcp_user_timeout"}
+_ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class Settings:
     slow_consumer_timeout: float = 5.0
     # Kernel-level cap on unacknowledged/unsent data (TCP_USER_TIMEOUT); 0 = off.
     tcp_user_timeout: float = 20.0
+    # Hypercorn pings each WebSocket this often (0 = never): with tcp_user_timeout
+    # a peer that vanished without a FIN is found even on an idle connection.
+    ws_ping_interval: float = 30.0
     ws_max_message_size: int = 131072
     max_chat_text_bytes: int = 16384
     max_value_bytes: int = 65536
