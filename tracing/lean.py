@@ -25,12 +25,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import Attributes, AttributeValue
 
 _UNSET = Status(StatusCode.UNSET)
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
 def tracer_for(provider: trace.TracerProvider, name: str) -> trace.Tracer:
@@ -58,16 +60,24 @@ class LeanTracer(trace.Tracer):
         current = trace.get_current_span(context).get_span_context()
         parent = current if current.is_valid else None
         trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
-        decision = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        sampled = decision.decision is Decision.RECORD_AND_SAMPLE
-        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
-                                   trace_flags=flags, trace_state=decision.trace_state)
-        if decision.decision is Decision.DROP:
-            return trace.NonRecordingSpan(span_context)
         attrs = dict(attributes) if attributes else {}
-        if decision.attributes:
-            attrs.update(decision.attributes)
+        if self.sampler is DEFAULT_ON:
+            # The default sampler's whole decision, without building a SamplingResult:
+            # follow the parent's sampled flag, sample roots.
+            sampled = recording = parent is None or parent.trace_flags.sampled
+            trace_state = parent.trace_state if parent is not None else None
+        else:
+            decision = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+            sampled = decision.decision is Decision.RECORD_AND_SAMPLE
+            recording = decision.decision is not Decision.DROP
+            trace_state = decision.trace_state
+            if decision.attributes:
+                attrs.update(decision.attributes)
+        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
+                                   trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+                                   trace_state=trace_state)
+        if not recording:
+            return trace.NonRecordingSpan(span_context)
         span = LeanSpan(self, name, span_context, parent, kind, attrs, list(links or ()),
                         start_time if start_time is not None else time.time_ns())
         self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]

@@ -127,22 +127,25 @@ class OtlpTraceEncoder:
         return encoded
 
     def span(self, span: ReadableSpan) -> bytes:
-        """Span message body."""
-        ctx = span.get_span_context()
-        assert ctx is not None
+        """Span message body.
+
+        Reads ReadableSpan's fields directly: its properties copy events and
+        links into tuples and wrap attributes in a proxy, per span, per export.
+        """
+        ctx: SpanContext = span._context  # type: ignore[assignment]
         parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
         if ctx.trace_state:
             parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode()))
-        parent = span.parent
+        parent = span._parent
         if parent:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        parts += (_field(b"\x2a", span.name.encode("utf-8")),
-                  b"\x30", _varint(span.kind.value + 1),  # the proto enum counts from UNSPECIFIED
-                  b"\x39", _pack_q(span.start_time or 0), b"\x41", _pack_q(span.end_time or 0),
-                  self._attributes(b"\x4a", span.attributes))
+        parts += (_field(b"\x2a", span._name.encode("utf-8")),
+                  b"\x30", _varint(span._kind.value + 1),  # the proto enum counts from UNSPECIFIED
+                  b"\x39", _pack_q(span._start_time or 0), b"\x41", _pack_q(span._end_time or 0),
+                  self._attributes(b"\x4a", span._attributes))
         if span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
-        for event in span.events:
+        for event in span._events:
             body = b"\x09" + _pack_q(event.timestamp) + _field(b"\x12", event.name.encode("utf-8"))
             body += self._attributes(b"\x1a", event.attributes)
             if event.dropped_attributes:
@@ -150,7 +153,7 @@ class OtlpTraceEncoder:
             parts.append(_field(b"\x5a", body))
         if span.dropped_events:
             parts += (b"\x60", _varint(span.dropped_events))
-        for link in span.links:
+        for link in span._links:
             lc = link.context
             body = b"\x0a\x10" + lc.trace_id.to_bytes(16, "big") + b"\x12\x08" + lc.span_id.to_bytes(8, "big")
             body += self._attributes(b"\x22", link.attributes)
@@ -160,7 +163,7 @@ class OtlpTraceEncoder:
             parts.append(_field(b"\x6a", body))
         if span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
-        status = span.status
+        status = span._status
         if status.description or status.status_code.value:
             body = _field(b"\x12", status.description.encode("utf-8")) if status.description else b""
             if status.status_code.value:

@@ -174,20 +174,17 @@ class WebSocketSession:
                 await self.conn.send_reply(encode({"error": f"{exc.field or 'text'}: {exc.message}"}))
 
     async def _json(self, text: str, size: int) -> None:
-        kind: str | None = None
-        ref: Any = None
         try:
             kind, request = parse_request(text)
         except RequestError as exc:
             with self.spans.message("invalid", size):
                 await self.conn.send_reply(error_frame(exc, None, None))
             return
-        ref = request.get("ref")
         with self.spans.message(kind, size):
             try:
                 reply = await self.json.handle(kind, request)
             except RequestError as exc:
-                reply = error_frame(exc, kind, ref)
+                reply = error_frame(exc, kind, request.get("ref"))
             await self.conn.send_reply(reply)
 
     # -- writing -------------------------------------------------------------
