@@ -54,7 +54,7 @@ class Settings:
     max_keys: int = 100000
     shutdown_timeout: float = 5.0
     # Python GC thresholds "gen0,gen1,gen2" ("" keeps Python's); see server/runtime.py.
-    gc_thresholds: str = "50000,20,100"
+    gc_thresholds: str = "200000,100,1000"
     telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
     log_level: str = "INFO"
 

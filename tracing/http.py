@@ -41,6 +41,7 @@ class _HeaderGetter:
 
 
 _GETTER = _HeaderGetter()
+_CONTEXT_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -77,7 +78,9 @@ class TracingMiddleware:
             attributes[S.CLIENT_ADDRESS] = client[0]
         if server := scope.get("server"):
             attributes[S.SERVER_ADDRESS], attributes[S.SERVER_PORT] = server[0], server[1]
-        parent = extract(headers, getter=_GETTER) if headers else None  # type: ignore[arg-type]
+        # Most requests carry no trace context: skip the propagators then.
+        has_context = any(name in _CONTEXT_HEADERS for name, _ in headers)
+        parent = extract(headers, getter=_GETTER) if has_context else None  # type: ignore[arg-type]
         span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER,
                                       attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
