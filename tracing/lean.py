@@ -97,61 +97,45 @@ class LeanTracer(trace.Tracer):
             yield current
 
 
-class LeanSpan(trace.Span):
-    __slots__ = ("_attributes", "_context", "_ended", "_events", "_kind", "_links", "_name",
-                 "_parent", "_start", "_status", "_tracer")
+class LeanSpan(trace.Span, ReadableSpan):
+    """A span that is its own ReadableSpan, as the SDK's Span is."""
 
     def __init__(self, tracer: LeanTracer, name: str, context: SpanContext, parent: SpanContext | None,
                  kind: SpanKind, attributes: dict[str, Any], links: list[Link], start: int) -> None:
-        self._tracer = tracer
-        self._name = name
-        self._context = context
-        self._parent = parent
-        self._kind = kind
-        self._attributes = attributes
-        self._links = links
-        self._events: list[Event] = []
-        self._start = start
-        self._status = _UNSET
-        self._ended = False
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def status(self) -> Status:
-        return self._status
+        ReadableSpan.__init__(self, name=name, context=context, parent=parent, resource=tracer.resource,
+                              attributes=attributes, events=[], links=links, kind=kind,
+                              status=_UNSET, start_time=start, instrumentation_scope=tracer.scope)
+        self._processor = tracer.processor
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return self._context  # type: ignore[return-value]
 
     def is_recording(self) -> bool:
-        return not self._ended
+        return self._end_time is None
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
-        if not self._ended:
-            self._attributes.update(attributes)
+        if self._end_time is None:
+            self._attributes.update(attributes)  # type: ignore[union-attr]
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
-        if not self._ended:
-            self._attributes[key] = value
+        if self._end_time is None:
+            self._attributes[key] = value  # type: ignore[index]
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
-        if not self._ended:
-            self._events.append(Event(name, attributes, timestamp))
+        if self._end_time is None:
+            self._events.append(Event(name, attributes, timestamp))  # type: ignore[attr-defined]
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
-        if not self._ended and context.is_valid:
-            self._links.append(Link(context, attributes))
+        if self._end_time is None and context.is_valid:
+            self._links.append(Link(context, attributes))  # type: ignore[attr-defined]
 
     def update_name(self, name: str) -> None:
-        if not self._ended:
+        if self._end_time is None:
             self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
         # As the SDK: OK is final, and UNSET never replaces anything.
-        if self._ended or self._status.status_code is StatusCode.OK:
+        if self._end_time is not None or self._status.status_code is StatusCode.OK:
             return
         new = status if isinstance(status, Status) else Status(status, description)
         if new.status_code is not StatusCode.UNSET:
@@ -170,13 +154,7 @@ class LeanSpan(trace.Span):
         self.add_event("exception", event_attributes, timestamp)
 
     def end(self, end_time: int | None = None) -> None:
-        if self._ended:
+        if self._end_time is not None:
             return
-        self._ended = True
-        t = self._tracer
-        t.processor.on_end(ReadableSpan(
-            name=self._name, context=self._context, parent=self._parent, resource=t.resource,
-            attributes=self._attributes, events=self._events, links=self._links, kind=self._kind,
-            status=self._status, start_time=self._start,
-            end_time=end_time if end_time is not None else time.time_ns(),
-            instrumentation_scope=t.scope))
+        self._end_time = end_time if end_time is not None else time.time_ns()
+        self._processor.on_end(self)
