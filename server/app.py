@@ -7,6 +7,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -40,8 +41,7 @@ def create_app(node: Node) -> QuartTrio:
 
     @app.errorhandler(RequestError)
     async def request_error(exc: RequestError) -> Response:
-        message = f"{exc.field}: {exc.message}" if exc.field else exc.message
-        return json_response({"error": message}, exc.status)
+        return json_response({"error": exc.describe()}, exc.status)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -58,8 +58,6 @@ def create_app(node: Node) -> QuartTrio:
     @app.errorhandler(Exception)
     async def server_fault(exc: Exception) -> Response:
         # Quart answers the fault itself, so the middleware never sees it: record here.
-        from opentelemetry import trace
-
         fail(trace.get_current_span(), exc)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"error": "internal server error"}, 500)

@@ -32,6 +32,12 @@ class RequestError(WebserverError):
         self.message = message
         self.field = field
 
+    def describe(self) -> str:
+        """The message with the field it is about: `key: must be at most 256 bytes`."""
+        if not self.field or self.message.startswith(self.field):
+            return self.message
+        return f"{self.field}: {self.message}"
+
 
 class InvalidInput(RequestError):
     status = 400

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import ConfigError
+from server.runtime import parse_gc_thresholds
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
@@ -67,8 +68,6 @@ class Settings:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if value < 0 or (value == 0 and f.name not in _ZERO_MEANS_OFF):
                     raise ConfigError(f"{f.name}: must be positive, got {value!r}")
-        from server.runtime import parse_gc_thresholds
-
         parse_gc_thresholds(self.gc_thresholds)
         if self.max_body_bytes < self.max_value_bytes:
             raise ConfigError("max_body_bytes: must be at least max_value_bytes")

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,7 +53,6 @@ class HubStats:
     dropped: int = 0
     presence_lost: int = 0
     evicted: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Hub:

@@ -171,7 +171,7 @@ class WebSocketSession:
                 check_text(text, self.node.settings.max_chat_text_bytes)
                 await self.hub.publish(self.conn, DEFAULT_ROOM, text)
             except RequestError as exc:
-                await self.conn.send_reply(encode({"error": f"{exc.field or 'text'}: {exc.message}"}))
+                await self.conn.send_reply(encode({"error": exc.describe()}))
 
     async def _json(self, text: str, size: int) -> None:
         try:

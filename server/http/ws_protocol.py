@@ -65,9 +65,7 @@ class BadJson(InvalidInput):
 
 
 def error_frame(exc: RequestError, op: str | None, ref: Any) -> str:
-    message = f"{exc.field}: {exc.message}" if exc.field and not exc.message.startswith(
-        exc.field) else exc.message
-    frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": message}
+    frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.describe()}
     if op is not None:
         frame["op"] = op
     if ref is not None:
