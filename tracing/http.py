@@ -42,6 +42,9 @@ class _HeaderGetter:
 
 _GETTER = _HeaderGetter()
 _CONTEXT_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
+# An explicit empty context: a request span is a root unless the client sent one,
+# whatever happens to be current in the task that serves it.
+_ROOT = otel_context.Context()
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -80,7 +83,7 @@ class TracingMiddleware:
             attributes[S.SERVER_ADDRESS], attributes[S.SERVER_PORT] = server[0], server[1]
         # Most requests carry no trace context: skip the propagators then.
         has_context = any(name in _CONTEXT_HEADERS for name, _ in headers)
-        parent = extract(headers, getter=_GETTER) if has_context else None  # type: ignore[arg-type]
+        parent = extract(headers, getter=_GETTER) if has_context else _ROOT  # type: ignore[arg-type]
         span = self.tracer.start_span(method, context=parent, kind=SpanKind.SERVER,
                                       attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
