@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 import trio
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -230,3 +231,20 @@ async def test_server_fault_in_a_message_is_recorded(
     assert any(e.name == "exception" for e in message.events)
     conn = (await wait_for_spans(exporter, S.WS_CONNECTION))[0]
     assert conn.status.status_code is StatusCode.ERROR
+
+
+async def test_request_spans_are_roots_whatever_the_server_task_inherited(
+        nursery: trio.Nursery, exporter: InMemorySpanExporter) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tests.harness import start_node
+
+    outer = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("outer")
+    with trace.use_span(outer):  # tasks the node spawns inherit this context
+        node = await start_node(nursery, exporter)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        await http.get("/health")
+    span = (await wait_for_spans(exporter, "GET /health"))[0]
+    assert span.parent is None
+    assert span.context.trace_id != outer.get_span_context().trace_id
+    node.stop()
