@@ -17,7 +17,6 @@ from server.http.routes import api, json_response
 from server.http.ws import websocket_endpoint
 from tracing import spans as S
 from tracing.http import ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
-from tracing.websocket import fail
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -58,7 +57,7 @@ def create_app(node: Node) -> QuartTrio:
     @app.errorhandler(Exception)
     async def server_fault(exc: Exception) -> Response:
         # Quart answers the fault itself, so the middleware never sees it: record here.
-        fail(trace.get_current_span(), exc)
+        S.fail(trace.get_current_span(), exc)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_response({"error": "internal server error"}, 500)
 

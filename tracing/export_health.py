@@ -41,6 +41,25 @@ class ExportHealth:
                 self.last_error = record.getMessage()
                 self.last_error_at = time.time()
 
+    def exported_ok(self, spans: int) -> bool:
+        """Count a successful export; True when it ends a failing stretch."""
+        with self._lock:
+            self.exported += spans
+            recovered, self.failing = self.failing, False
+        return recovered
+
+    def export_failed(self, spans: int) -> str | None:
+        """Count a failed export; the reason when it starts a failing stretch, else None."""
+        with self._lock:
+            self.failed_exports += 1
+            self.failed_spans += spans
+            first, self.failing = not self.failing, True
+            return (self.last_error or "unknown error") if first else None
+
+    def span_dropped(self) -> None:
+        with self._lock:
+            self.dropped_spans += 1
+
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             return {"endpoint": self.endpoint, "exported_spans": self.exported,
@@ -77,24 +96,14 @@ class HealthReportingExporter(SpanExporter):
         except Exception as exc:  # an exporter bug must not kill the export thread
             self.health.record_sdk_message(logging.makeLogRecord({"msg": repr(exc)}))
             result = SpanExportResult.FAILURE
-        h = self.health
         if result is SpanExportResult.SUCCESS:
-            with h._lock:
-                h.exported += len(spans)
-                recovered, h.failing = h.failing, False
-            if recovered:
-                log.warning("span export to %s recovered", h.endpoint)
-        else:
-            with h._lock:
-                h.failed_exports += 1
-                h.failed_spans += len(spans)
-                first, h.failing = not h.failing, True
-                reason = h.last_error or "unknown error"
-            if first:
-                log.warning(
-                    "cannot export spans to %s (%s); serving continues and spans are "
-                    "dropped until the collector answers (see README, Troubleshooting)",
-                    h.endpoint, reason)
+            if self.health.exported_ok(len(spans)):
+                log.warning("span export to %s recovered", self.health.endpoint)
+        elif (reason := self.health.export_failed(len(spans))) is not None:
+            log.warning(
+                "cannot export spans to %s (%s); serving continues and spans are "
+                "dropped until the collector answers (see README, Troubleshooting)",
+                self.health.endpoint, reason)
         return result
 
     def shutdown(self) -> None:
@@ -127,7 +136,6 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._queue is not None and len(self._queue) >= self._limit:
-            with self.health._lock:
-                self.health.dropped_spans += 1
+            self.health.span_dropped()
             return
         super().on_end(span)

@@ -20,7 +20,6 @@ from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tracing import spans as S
-from tracing.websocket import fail
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -100,7 +99,7 @@ class TracingMiddleware:
         except trio.Cancelled:
             raise  # the client left: a normal end, status stays unset
         except Exception as exc:
-            fail(span, exc)
+            S.fail(span, exc)
             raise
         finally:
             if status:

@@ -4,6 +4,8 @@ stable semantic-convention names stand beside the old HTTP ones."""
 
 from __future__ import annotations
 
+from opentelemetry.trace import Span, Status, StatusCode
+
 # Span names
 WS_CONNECTION = "WS /ws"  # connection lifetime, SERVER
 WS_CONNECT = "websocket.connect"
@@ -77,3 +79,10 @@ def route_template(rule: str) -> str:
             out.append(rule[i])
             i += 1
     return "".join(out)
+
+
+def fail(span: Span, exc: BaseException) -> None:
+    """Record a server fault: exception event with stack trace, error.type, ERROR status."""
+    span.record_exception(exc)
+    span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))

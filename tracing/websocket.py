@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind
 
 from tracing import spans as S
 
@@ -56,7 +56,7 @@ class ConnectionSpans:
             try:
                 yield span
             except Exception as exc:
-                fail(span, exc)
+                S.fail(span, exc)
                 raise
 
     def closed(self, close_code: int | None, error: BaseException | None = None) -> None:
@@ -72,12 +72,6 @@ class ConnectionSpans:
         self.tracer.start_span(S.WS_DISCONNECT, context=self._context, attributes=attrs).end()
         self.span.set_attributes(attrs)
         if error is not None:
-            fail(self.span, error)
+            S.fail(self.span, error)
         self.span.end()
 
-
-def fail(span: Span, exc: BaseException) -> None:
-    """Record a server fault: exception event with stack trace, error.type, ERROR status."""
-    span.record_exception(exc)
-    span.set_attribute(S.ERROR_TYPE, type(exc).__qualname__)
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))

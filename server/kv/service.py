@@ -16,7 +16,6 @@ from opentelemetry import trace
 
 from server.kv.store import Entry, Store
 from tracing import spans as S
-from tracing.websocket import fail
 
 T = TypeVar("T")
 
@@ -36,7 +35,7 @@ class KV:
         try:
             result = op()
         except Exception as exc:
-            fail(span, exc)
+            S.fail(span, exc)
             raise
         else:
             if found is not None:
