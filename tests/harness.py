@@ -4,7 +4,7 @@ going to an injected in-memory exporter (never the global provider)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,15 +50,18 @@ class JsonClient:
         self.pending: list[dict[str, Any]] = []
         self._ref = 0
 
-    async def next_frame(self, timeout: float = 5) -> dict[str, Any]:
+    async def _first(self, matches: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """The first queued or arriving frame that matches; batch frames are unpacked."""
         with trio.fail_after(timeout):
-            while not self.pending:
+            while True:
+                for i, frame in enumerate(self.pending):
+                    if matches(frame):
+                        return self.pending.pop(i)
                 frame = json.loads(await self.ws.get_message())
-                if frame.get("type") == "batch":
-                    self.pending.extend(frame["frames"])
-                else:
-                    self.pending.append(frame)
-        return self.pending.pop(0)
+                self.pending.extend(frame["frames"] if frame.get("type") == "batch" else [frame])
+
+    async def next_frame(self, timeout: float = 5) -> dict[str, Any]:
+        return await self._first(lambda frame: True, timeout)
 
     async def request(self, kind: str, **fields: Any) -> dict[str, Any]:
         self._ref += 1
@@ -68,23 +71,11 @@ class JsonClient:
 
     async def reply(self, ref: str) -> dict[str, Any]:
         """The reply carrying ref; pushes that arrive first stay queued."""
-        with trio.fail_after(5):
-            while True:
-                for i, frame in enumerate(self.pending):
-                    if frame.get("ref") == ref:
-                        return self.pending.pop(i)
-                frame = json.loads(await self.ws.get_message())
-                self.pending.extend(frame["frames"] if frame.get("type") == "batch" else [frame])
+        return await self._first(lambda frame: frame.get("ref") == ref, 5)
 
     async def push(self, kind: str, timeout: float = 5) -> dict[str, Any]:
         """The next pushed frame of a type (message, presence, error)."""
-        with trio.fail_after(timeout):
-            while True:
-                for i, frame in enumerate(self.pending):
-                    if frame.get("type") == kind and "ref" not in frame:
-                        return self.pending.pop(i)
-                frame = json.loads(await self.ws.get_message())
-                self.pending.extend(frame["frames"] if frame.get("type") == "batch" else [frame])
+        return await self._first(lambda frame: frame.get("type") == kind and "ref" not in frame, timeout)
 
 
 def close_reason(exc: ConnectionClosed) -> tuple[int, str]:
