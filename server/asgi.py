@@ -25,7 +25,9 @@ settings = load_settings()
 setup_logging(settings.log_level)
 _name = settings.node_name or default_node_name(settings.host, settings.port)
 telemetry = configure_tracing(settings.telemetry_config, _name)
-node = Node(settings, name=_name, tracer_provider=telemetry.provider)
+_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+node = Node(settings, name=_name, tracer_provider=telemetry.provider,
+            http_url=f"http://{_host}:{settings.port}")
 _quart = create_app(node)
 _services = trio.CancelScope()
 

@@ -1,4 +1,5 @@
-"""A node: the chat hub, the KV store and the HTTP/WebSocket server of one process.
+"""A node: the chat hub, the KV store, the cluster mesh and the HTTP/WebSocket
+server of one process.
 
 `serve_node` is the one place that wires them into a nursery: the node's
 services start with `nursery.start`, Hypercorn's trio worker serves the ASGI
@@ -21,8 +22,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from opentelemetry import trace
 
+from server.chat.cluster_chat import ClusterChat
 from server.chat.connection import CLOSE_GOING_AWAY
 from server.chat.hub import Hub
+from server.cluster.mesh import Mesh
+from server.cluster.transport import Transport
 from server.kv.service import KV
 from server.kv.store import Store
 from server.settings import Settings
@@ -32,18 +36,27 @@ log = logging.getLogger(__name__)
 
 
 class Node:
-    def __init__(self, settings: Settings, *, name: str,
-                 tracer_provider: trace.TracerProvider) -> None:
+    def __init__(self, settings: Settings, *, name: str, tracer_provider: trace.TracerProvider,
+                 http_url: str = "", transport: Transport | None = None) -> None:
         self.settings = settings
         self.name = name
+        self.http_url = http_url
         self.tracer = tracer_for(tracer_provider, "webserver")
         self.store = Store(name, max_keys=settings.max_keys)
-        self.kv = KV(self.store, self.tracer)
+        self.kv = KV(self.store, self.tracer, replicas=settings.replicas,
+                     write_quorum=settings.write_quorum, read_quorum=settings.read_quorum,
+                     request_timeout=settings.cluster_request_timeout)
         self.hub = Hub(node_name=name, tracer=self.tracer, history_size=settings.history_size,
                        max_rooms=settings.max_rooms,
                        max_rooms_per_connection=settings.max_rooms_per_connection,
                        queue_size=settings.broadcast_queue_size,
                        publish_timeout=settings.slow_consumer_timeout)
+        self.mesh: Mesh | None = None
+        if settings.clustered:
+            self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport)
+            self.kv.attach(self.mesh)
+            self.hub.cluster = ClusterChat(self.hub, self.mesh,
+                                           history_timeout=min(1.0, settings.cluster_request_timeout))
         self.started_at = time.monotonic()
         self.shutting_down = False
 
@@ -51,7 +64,21 @@ class Node:
         """The node's long-lived services; returns only when cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.run_broadcaster)
+            if self.mesh is not None:
+                await nursery.start(self.mesh.run)
+                await nursery.start(self.kv.run_handoff)
             task_status.started()
+
+    def live_members(self) -> list[str]:
+        """This node first, then every peer it has a live link to."""
+        if self.mesh is None:
+            return [self.name]
+        return [self.name, *self.mesh.up_peers()]
+
+    def describe_members(self) -> list[dict[str, object]]:
+        if self.mesh is None:
+            return [{"name": self.name, "status": "up", "self": True, "http_url": self.http_url}]
+        return self.mesh.describe()
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
@@ -110,6 +137,7 @@ ProviderFactory = Callable[[str], trace.TracerProvider]
 
 
 async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider | ProviderFactory, *,
+                     transport: Transport | None = None,
                      task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one node until `RunningNode.stop()`; started() hands back the running node.
 
@@ -122,18 +150,19 @@ async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider |
     host, port = sock.getsockname()[:2]
     name = settings.node_name or default_node_name(host, port)
     provider = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)
-    node = Node(settings, name=name, tracer_provider=provider)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{port}"
+    node = Node(settings, name=name, tracer_provider=provider, http_url=url, transport=transport)
     config = hypercorn_config(settings)
     config.bind = [f"fd://{sock.fileno()}"]
     stop = trio.Event()
-    shown_host = f"[{host}]" if ":" in host else host
     try:
         async with trio.open_nursery() as services:
             await services.start(node.run)
             async with trio.open_nursery() as http:
                 await http.start(partial(hypercorn_serve, create_asgi(node), config,  # type: ignore[arg-type]
                                          shutdown_trigger=stop.wait))
-                task_status.started(RunningNode(node, f"http://{shown_host}:{port}", stop))
+                task_status.started(RunningNode(node, url, stop))
             services.cancel_scope.cancel()
     finally:
         # Hypercorn made its own socket object on this fd and closes it; closing

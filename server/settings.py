@@ -12,7 +12,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,29 @@ class Settings:
     gc_thresholds: str = "200000,100,1000"
     telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
     log_level: str = "INFO"
+    # -- cluster (server/cluster/): empty cluster_bind = a single node, no peer links.
+    # HOST:PORT the node listens on for peer links (keep it off public interfaces).
+    cluster_bind: str = ""
+    # HOST:PORT peers should dial to reach this node; empty = cluster_bind's host and bound port.
+    cluster_advertise: str = ""
+    # Comma-separated cluster addresses (HOST:PORT) of seed peers; the rest is learnt.
+    peers: str = ""
+    # Shared secret of at least 32 bytes; required when cluster_bind is set.
+    cluster_secret: str = field(default="", repr=False)
+    replicas: int = 3            # N: copies of each key
+    write_quorum: int = 2        # W: acks before a write succeeds
+    read_quorum: int = 2         # R: answers before a read returns
+    heartbeat_interval: float = 1.0
+    failure_timeout: float = 5.0           # a peer silent this long is down
+    member_removal_timeout: float = 30.0   # down this long: removed by a majority, keys handed off
+    handshake_timeout: float = 5.0
+    cluster_request_timeout: float = 2.0   # quorum deadline: past it the client gets 503
+    reconnect_max_backoff: float = 10.0
+    link_queue_size: int = 1024            # frames queued per peer link
+    cluster_max_message_bytes: int = 1048576
 
     def validate(self) -> Settings:
-        host, _, port = self.bind.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"bind: expected HOST:PORT, got {self.bind!r}")
+        _check_address("bind", self.bind)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -71,7 +89,32 @@ class Settings:
         parse_gc_thresholds(self.gc_thresholds)
         if self.max_body_bytes < self.max_value_bytes:
             raise ConfigError("max_body_bytes: must be at least max_value_bytes")
+        self._validate_cluster()
         return self
+
+    def _validate_cluster(self) -> None:
+        for name in ("cluster_bind", "cluster_advertise"):
+            if getattr(self, name):
+                _check_address(name, getattr(self, name))
+        for peer in self.peer_addresses:
+            _check_address("peers", peer)
+        if self.peer_addresses and not self.cluster_bind:
+            raise ConfigError("peers: set cluster_bind too (the address this node listens on for peers)")
+        if self.cluster_bind and len(self.cluster_secret.encode()) < 32:
+            raise ConfigError("cluster_secret: must be at least 32 bytes when cluster_bind is set "
+                              f"(set {env_name('cluster_secret')}; it is never generated silently)")
+        if self.write_quorum > self.replicas or self.read_quorum > self.replicas:
+            raise ConfigError("write_quorum and read_quorum: must not exceed replicas")
+        if self.failure_timeout <= self.heartbeat_interval:
+            raise ConfigError("failure_timeout: must be longer than heartbeat_interval")
+
+    @property
+    def peer_addresses(self) -> list[str]:
+        return [p.strip() for p in self.peers.split(",") if p.strip()]
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.cluster_bind)
 
     @property
     def host(self) -> str:
@@ -80,6 +123,12 @@ class Settings:
     @property
     def port(self) -> int:
         return int(self.bind.rpartition(":")[2])
+
+
+def _check_address(name: str, value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
 
 
 def env_name(field_name: str) -> str:

@@ -50,6 +50,13 @@ KV_KEY = "kv.key"
 KV_NODE = "kv.node"
 KV_FOUND = "kv.found"
 KV_DURATION_US = "kv.duration_us"
+KV_REPLICAS = "kv.replicas"  # how many replicas the coordinator asked
+KV_ACKS = "kv.acks"  # how many answered in time (writes: acks, reads: answers)
+KV_QUORUM = "kv.quorum"  # how many it needed
+KV_REPAIRED = "kv.repaired"  # stale replicas a read sent the newest version to
+KV_PEER = "kv.peer"
+KV_KEYS = "kv.keys"
+KV_HANDOFF = "kv.handoff"
 
 # Chat
 CHAT_ROOM = "chat.room"
@@ -57,6 +64,9 @@ CHAT_SENDER = "chat.sender"
 CHAT_RECIPIENTS = "chat.recipients"
 CHAT_DURATION_US = "chat.duration_us"
 CHAT_DROPPED = "chat.dropped"
+CHAT_ORIGIN_NODE = "chat.origin_node"  # on a forwarded message's delivery: the sender's node
+CHAT_REMOTE_NODES = "chat.remote_nodes"  # nodes the message was forwarded to
+CHAT_LOCAL_RECIPIENTS = "chat.local_recipients"  # when forwarded: members reached on this node
 
 # Attribute values are user-controlled: keep them short (keys may be 256 bytes).
 MAX_ATTRIBUTE_CHARS = 256

@@ -15,16 +15,20 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from server.chat.connection import Connection, Protocol
 from server.chat.rooms import ChatMessage, Room, Rooms
 from server.errors import InvalidInput, NotFound, Unavailable
 from tracing import spans as S
+
+if TYPE_CHECKING:
+    from server.chat.cluster_chat import ClusterChat
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class _Broadcast:
     context: otel_context.Context
     message: ChatMessage | None = None
     presence: dict[str, Any] | None = None
+    remote: bool = False  # forwarded by another node: deliver here only
 
 
 @dataclass
@@ -53,6 +58,7 @@ class HubStats:
     dropped: int = 0
     presence_lost: int = 0
     evicted: int = 0
+    remote_lost: int = 0  # forwarded messages dropped because the broadcaster was full
 
 
 class Hub:
@@ -66,6 +72,7 @@ class Hub:
         self.publish_timeout = publish_timeout
         self.connections: dict[str, Connection] = {}
         self.stats = HubStats()
+        self.cluster: ClusterChat | None = None
         self._send, self._receive = trio.open_memory_channel[_Broadcast](queue_size)
 
     # -- connections ---------------------------------------------------------
@@ -100,13 +107,70 @@ class Hub:
         self._presence_nowait(name, conn, "leave")
 
     def _presence_nowait(self, room: str, conn: Connection, event: str) -> None:
-        item = _Broadcast(room, conn, otel_context.get_current(),
+        if self.cluster is not None:
+            self.cluster.presence(room, conn.id, conn.username, event)
+        self._queue_presence(room, conn, conn.username, self.node_name, event)
+
+    def remote_presence(self, room: str, user: str, node: str, event: str) -> None:
+        """A member on another node joined or left: tell the local members."""
+        self._queue_presence(room, None, user, node, event)
+
+    def _queue_presence(self, room: str, exclude: Connection | None, user: str, node: str,
+                        event: str) -> None:
+        item = _Broadcast(room, exclude, otel_context.get_current(),
                           presence={"type": "presence", "room": room, "event": event,
-                                    "user": conn.username, "node": self.node_name})
+                                    "user": user, "node": node})
         try:
             self._send.send_nowait(item)
         except trio.WouldBlock:
             self.stats.presence_lost += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # -- the cluster's view -------------------------------------------------
+    def members(self, room: Room) -> list[dict[str, str]]:
+        """Every member of room on every reachable node, local ones first."""
+        local = self.rooms.members_json(room)
+        return local + self.cluster.members(room.name) if self.cluster is not None else local
+
+    def room_counts(self) -> dict[str, int]:
+        """Member count per room, cluster-wide (rooms with local history included)."""
+        counts = {r.name: len(r.members) for r in self.rooms.all()}
+        if self.cluster is not None:
+            for name, n in self.cluster.rooms().items():
+                counts[name] = counts.get(name, 0) + n
+        return counts
+
+    def local_rooms_snapshot(self) -> dict[str, dict[str, str]]:
+        return {r.name: {c.id: c.username for c in r.members.values()}
+                for r in self.rooms.all() if r.members}
+
+    async def sync_history(self, name: str) -> None:
+        """Before a first local member joins: fetch the room's history from a peer."""
+        if self.cluster is None:
+            return
+        room = self.rooms.get(name)
+        if room is not None and room.members:
+            return  # members here: every message reached this node
+        fetched = await self.cluster.fetch_history(name)
+        if not fetched:
+            return
+        room = self.rooms.ensure(name)
+        # The peer's order is the room's order (timestamps tie within a millisecond);
+        # anything newer held here only follows it.
+        known = {m.id for m in fetched}
+        newer = [m for m in room.history if m.id not in known and m.timestamp > fetched[-1].timestamp]
+        room.history.clear()
+        room.history.extend([*fetched, *newer])
+
+    def deliver_remote(self, message: ChatMessage) -> None:
+        """A message forwarded by its sender's node: fan out here, in arrival order."""
+        try:
+            self._send.send_nowait(_Broadcast(message.room, None, otel_context.get_current(),
+                                              message=message, remote=True))
+        except trio.WouldBlock:
+            self.stats.remote_lost += 1
+            log.warning("broadcaster full: dropped a message forwarded from %s", message.node)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -135,18 +199,21 @@ class Hub:
                 token = otel_context.attach(item.context)
                 try:
                     if item.message is not None:
-                        self._fan_out(item.message, item.exclude)
+                        self._fan_out(item.message, item.exclude, item.remote)
                     elif item.presence is not None:
                         self._fan_out_presence(item.room, item.presence, item.exclude)
                 finally:
                     otel_context.detach(token)
 
-    def _fan_out(self, msg: ChatMessage, exclude: Connection | None) -> None:
+    def _fan_out(self, msg: ChatMessage, exclude: Connection | None, remote: bool = False) -> None:
         started = time.perf_counter_ns()
-        with self.tracer.start_as_current_span(
-            S.CHAT_BROADCAST,
-            attributes={S.CHAT_ROOM: S.clip(msg.room), S.CHAT_SENDER: S.clip(msg.user)},
-        ) as span:
+        # Other nodes with members get the message once each; a forwarded one stops here.
+        targets = self.cluster.nodes_with_members(msg.room) if self.cluster and not remote else {}
+        kind = SpanKind.CONSUMER if remote else SpanKind.PRODUCER if targets else SpanKind.INTERNAL
+        attributes: dict[str, Any] = {S.CHAT_ROOM: S.clip(msg.room), S.CHAT_SENDER: S.clip(msg.user)}
+        if remote:
+            attributes[S.CHAT_ORIGIN_NODE] = msg.node
+        with self.tracer.start_as_current_span(S.CHAT_BROADCAST, kind=kind, attributes=attributes) as span:
             room = self.rooms.get(msg.room)
             delivered = dropped = 0
             if room is not None:
@@ -166,6 +233,12 @@ class Hub:
             self.stats.broadcasts += 1
             self.stats.delivered += delivered
             self.stats.dropped += dropped
+            if targets:
+                assert self.cluster is not None
+                forwarded = [n for n in targets if self.cluster.forward(n, msg)]
+                span.set_attribute(S.CHAT_REMOTE_NODES, len(forwarded))
+                span.set_attribute(S.CHAT_LOCAL_RECIPIENTS, delivered)
+                delivered += sum(targets[n] for n in forwarded)  # as this node knows them
             span.set_attribute(S.CHAT_RECIPIENTS, delivered)
             span.set_attribute(S.CHAT_DROPPED, dropped)
             span.set_attribute(S.CHAT_DURATION_US, (time.perf_counter_ns() - started) // 1000)

@@ -56,8 +56,11 @@ class Rooms:
     def all(self) -> list[Room]:
         return list(self._rooms.values())
 
+    def ensure(self, name: str) -> Room:
+        return self._rooms.get(name) or self._create(name)
+
     def join(self, name: str, conn: Connection) -> Room:
-        room = self._rooms.get(name) or self._create(name)
+        room = self.ensure(name)
         room.members[conn.id] = conn
         conn.rooms.add(name)
         return room

@@ -54,7 +54,13 @@ async def health() -> Response:
 
 @api.get("/nodes")
 async def nodes() -> Response:
-    return json_response({"nodes": [node().name]})
+    """The original's shape: live members, self first. `?detail=1` adds `members`:
+    status, addresses and last-seen time of every member, down ones included."""
+    n = node()
+    out: dict[str, object] = {"nodes": n.live_members()}
+    if request.args.get("detail") in ("1", "true", "yes"):
+        out["members"] = n.describe_members()
+    return json_response(out)
 
 
 @api.post("/kv")
@@ -86,18 +92,17 @@ async def kv_post() -> Response:
     if errors:
         return json_response({"errors": errors}, 400 if len(errors) > 1 or status == 400 else status)
     n = node()
-    entry = n.kv.put(body["key"], value)
+    entry = await n.kv.put(body["key"], value)
     return json_response({"status": "ok", "node": n.name, "version": entry.version.to_json()})
 
 
 @api.get("/kv/<path:key>")
 async def kv_get(key: str) -> Response:
-    n = node()
-    entry = n.kv.get(check_key(key))
-    if entry is None:
+    read = await node().kv.get(check_key(key))
+    if read.entry is None:
         return json_response({"error": "not found"}, 404)
-    return json_response({"value": entry.value, "from_node": n.name,
-                          "version": entry.version.to_json()})
+    return json_response({"value": read.entry.value, "from_node": read.from_node,
+                          "version": read.entry.version.to_json()})
 
 
 @api.put("/kv/<path:key>")
@@ -107,14 +112,14 @@ async def kv_put(key: str) -> Response:
     check_key(key)
     value = await _read_json()
     check_value_size(value, n.settings.max_value_bytes)
-    entry = n.kv.put(key, value)
+    entry = await n.kv.put(key, value)
     return json_response({"status": "ok", "node": n.name, "version": entry.version.to_json()})
 
 
 @api.delete("/kv/<path:key>")
 async def kv_delete(key: str) -> Response:
     n = node()
-    if n.kv.delete(check_key(key)) is None:
+    if not await n.kv.delete(check_key(key)):
         return json_response({"error": "not found"}, 404)
     return json_response({"status": "ok", "node": n.name, "deleted": True})
 
@@ -123,17 +128,19 @@ async def kv_delete(key: str) -> Response:
 async def rooms() -> Response:
     hub = node().hub
     return json_response({"rooms": [
-        {"room": r.name, "members": len(r.members), "messages": len(r.history)}
-        for r in hub.rooms.all()]})
+        {"room": name, "members": members, "messages": len(hub.history(name))}
+        for name, members in hub.room_counts().items()]})
 
 
 @api.get("/rooms/<room>")
 async def room(room: str) -> Response:
     hub = node().hub
-    r = hub.rooms.get(check_room(room))
+    name = check_room(room)
+    await hub.sync_history(name)
+    r = hub.rooms.get(name)
     if r is None:
         raise NotFound(f"no room {room!r}")
-    return json_response({"room": r.name, "members": hub.rooms.members_json(r),
+    return json_response({"room": r.name, "members": hub.members(r),
                           "history": [m.to_json() for m in r.history]})
 
 

@@ -113,6 +113,7 @@ class WebSocketSession:
         try:
             self.hub.add(self.conn)
             if self.conn.protocol is Protocol.TEXT:
+                await self.hub.sync_history(DEFAULT_ROOM)
                 # In `default` before the handshake completes, so a client never
                 # misses a message sent after it is connected; the history is
                 # queued in the same step, so it comes first and nothing twice.

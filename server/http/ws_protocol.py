@@ -95,12 +95,12 @@ class JsonSession:
         return encode(reply)
 
 
-def _entry_json(kv: KV, key: str) -> dict[str, Any]:
-    entry = kv.get(key)
-    if entry is None:
+async def _entry_json(kv: KV, key: str) -> dict[str, Any]:
+    read = await kv.get(key)
+    if read.entry is None:
         return {"key": key, "found": False, "value": None}
-    return {"key": key, "found": True, "value": entry.value, "from_node": kv.node_name,
-            "version": entry.version.to_json()}
+    return {"key": key, "found": True, "value": read.entry.value, "from_node": read.from_node,
+            "version": read.entry.version.to_json()}
 
 
 @_op("ping")
@@ -111,8 +111,10 @@ async def _ping(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
 @_op("join")
 async def _join(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
     name = check_room(r.get("room"))
+    if name not in s.conn.rooms:
+        await s.hub.sync_history(name)
     room = s.hub.join(s.conn, name)
-    return {"room": name, "members": s.hub.rooms.members_json(room),
+    return {"room": name, "members": s.hub.members(room),
             "history": [{"type": "message", **m.to_json()} for m in room.history]}
 
 
@@ -133,7 +135,7 @@ async def _chat(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
 
 @_op("kv.get")
 async def _kv_get(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
-    return _entry_json(s.kv, check_key(r.get("key")))
+    return await _entry_json(s.kv, check_key(r.get("key")))
 
 
 @_op("kv.put")
@@ -142,11 +144,11 @@ async def _kv_put(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
     if "value" not in r:
         raise InvalidInput("is required", field="value")
     check_value_size(r["value"], s.settings.max_value_bytes)
-    entry = s.kv.put(key, r["value"])
+    entry = await s.kv.put(key, r["value"])
     return {"key": key, "node": s.kv.node_name, "version": entry.version.to_json()}
 
 
 @_op("kv.delete")
 async def _kv_delete(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
     key = check_key(r.get("key"))
-    return {"key": key, "deleted": s.kv.delete(key) is not None, "node": s.kv.node_name}
+    return {"key": key, "deleted": await s.kv.delete(key), "node": s.kv.node_name}

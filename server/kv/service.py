@@ -1,56 +1,315 @@
-"""KV operations as the front ends call them: the store plus the `kv.*` spans.
+"""KV operations as the front ends call them: placement, quorums and the `kv.*` spans.
 
-Each span is a child of whatever span is current (the HTTP request or the
-WebSocket message). A store operation is a dictionary access, so its span is
-not made current (nothing nests under it) and costs no context switch.
-Values never go into attributes.
+On a single node (no mesh) every operation is a dictionary access under one
+span. In a cluster the node that takes the request coordinates: it places the
+key on N replicas (server/kv/placement.py, over every member, up or down),
+writes to all of them and succeeds at W acks, or reads from all and answers
+with the newest of the first R answers, sending that version to any stale
+answerer (read repair). Too few answers within cluster_request_timeout is a
+503 (`Unavailable`), never a hang. Versions are hybrid-clock timestamps with
+the writer's name as tie-break, so every replica keeps the same winner, and
+deletes are tombstones that win over older writes.
+
+Spans: the coordinator's `kv.put`/`kv.get`/`kv.delete` is the current span while
+it asks its peers (kind CLIENT when any replica is remote), so each replica's
+own `kv.put`/`kv.get` (kind SERVER, `kv.node` = that replica) is its child in
+the same trace. Values never go into attributes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import trio
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from server.kv.store import Entry, Store
+from server.cluster.links import LinkError
+from server.errors import RequestError, Unavailable
+from server.kv.placement import replicas_for
+from server.kv.store import Entry, Store, entry_from_json, entry_to_json
 from tracing import spans as S
 
+if TYPE_CHECKING:
+    from server.cluster.mesh import Mesh
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+KV_WRITE = "kv.write"  # cluster message: apply this entry (put or tombstone)
+KV_READ = "kv.read"  # cluster message: send me your entry for key
+KV_SYNC = "kv.sync"  # cluster message: merge these entries (repair, handoff)
+SYNC_BATCH = 200
+
+
+@dataclass(frozen=True)
+class Read:
+    entry: Entry | None  # the live entry, None when absent or deleted
+    from_node: str  # the replica whose answer was used
 
 
 class KV:
-    def __init__(self, store: Store, tracer: trace.Tracer) -> None:
+    def __init__(self, store: Store, tracer: trace.Tracer, *, replicas: int = 3, write_quorum: int = 2,
+                 read_quorum: int = 2, request_timeout: float = 2.0) -> None:
         self.store = store
         self.tracer = tracer
+        self.replicas = replicas
+        self.write_quorum = write_quorum
+        self.read_quorum = read_quorum
+        self.request_timeout = request_timeout
+        self.mesh: Mesh | None = None
+        self._handoff_send, self._handoff_receive = trio.open_memory_channel[frozenset[str] | None](64)
 
     @property
     def node_name(self) -> str:
         return self.store.node_name
 
-    def _traced(self, name: str, key: str, op: Callable[[], T], found: Callable[[T], bool] | None) -> T:
-        span = self.tracer.start_span(name, attributes={S.KV_KEY: S.clip(key), S.KV_NODE: self.node_name})
-        started = time.perf_counter_ns()
+    # -- the operations ------------------------------------------------------
+    async def get(self, key: str) -> Read:
+        replicas = self._placement(key)
+        if replicas == [self.node_name]:
+            with self._span(S.KV_GET, key, SpanKind.INTERNAL, current=False) as span:
+                entry = self.store.get(key)
+                span.set_attribute(S.KV_FOUND, entry is not None)
+                return Read(entry, self.node_name)
+        need = min(self.read_quorum, len(replicas))
+        with self._span(S.KV_GET, key, _kind(replicas, self.node_name), replicas, need) as span:
+            answers = await self._gather(replicas, need, lambda: self.store.entry(key),
+                                         lambda peer: self._ask_read(peer, key))
+            span.set_attribute(S.KV_ACKS, len(answers))
+            if len(answers) < need:
+                raise Unavailable(f"only {len(answers)} of the {need} replicas a read needs answered "
+                                  f"within {self.request_timeout:g}s (replicas: {', '.join(replicas)})")
+            source, newest = _newest(answers)
+            stale = [] if newest is None else [
+                p for p, e in answers.items() if e is None or e.version < newest.version]
+            for peer in stale:  # read repair, fire and forget
+                self._repair(peer, newest)  # type: ignore[arg-type]
+            span.set_attribute(S.KV_REPAIRED, len(stale))
+            live = newest if newest is not None and not newest.deleted else None
+            span.set_attribute(S.KV_FOUND, live is not None)
+            return Read(live, source if live is not None else self.node_name)
+
+    async def put(self, key: str, value: Any) -> Entry:
+        entry = self.store.new_entry(key, value)
+        await self._write(S.KV_PUT, entry)
+        return entry
+
+    async def delete(self, key: str) -> bool:
+        """Write a tombstone; True when some replica held a live value."""
+        entry = self.store.new_entry(key, None, deleted=True)
+        return await self._write(S.KV_DELETE, entry)
+
+    async def _write(self, name: str, entry: Entry) -> bool:
+        """Apply entry on its replicas; returns whether any had a live value before."""
+        replicas = self._placement(entry.key)
+        need = min(self.write_quorum, len(replicas))
+        kind = _kind(replicas, self.node_name)
+        with self._span(name, entry.key, kind, replicas if kind is SpanKind.CLIENT else None, need) as span:
+            wire = entry_to_json(entry)
+            answers = await self._gather(replicas, need, lambda: self._apply(entry),
+                                         lambda peer: self._ask_write(peer, wire))
+            if kind is SpanKind.CLIENT:
+                span.set_attribute(S.KV_ACKS, len(answers))
+            found = any(answers.values())
+            if entry.deleted:
+                span.set_attribute(S.KV_FOUND, found)
+            if len(answers) < need:
+                raise Unavailable(f"only {len(answers)} of the {need} replica acks a write needs arrived "
+                                  f"within {self.request_timeout:g}s (replicas: {', '.join(replicas)}); "
+                                  "the write may still reach some replicas")
+            return found
+
+    def _apply(self, entry: Entry) -> bool:
+        """Merge locally; True when a live value was there before."""
+        before = self.store.get(entry.key)
+        self.store.merge(entry)
+        return before is not None
+
+    # -- fan-out with a quorum and a deadline ---------------------------------
+    def _placement(self, key: str) -> list[str]:
+        if self.mesh is None:
+            return [self.node_name]
+        return replicas_for(key, self.mesh.membership.placement_names(), self.replicas)
+
+    async def _gather(self, replicas: list[str], need: int, local: Callable[[], T],
+                      ask: Callable[[str], Awaitable[T]]) -> dict[str, T]:
+        """Answers from replicas: local first, then remote ones until `need` or the deadline."""
+        answers: dict[str, T] = {}
+        failed: list[str] = []
+        enough = trio.Event()
+
+        def settle() -> None:
+            if len(answers) >= need or len(answers) + len(failed) >= len(replicas):
+                enough.set()
+
+        if self.node_name in replicas:
+            answers[self.node_name] = local()  # StoreFull propagates: 507
+        settle()
+
+        async def one(peer: str) -> None:
+            try:
+                answers[peer] = await ask(peer)
+            except LinkError as exc:
+                log.debug("kv: %s did not answer: %s", peer, exc)
+                failed.append(peer)
+            settle()
+
+        async with trio.open_nursery() as nursery:
+            for peer in replicas:
+                if peer != self.node_name:
+                    nursery.start_soon(one, peer)
+            with trio.move_on_after(self.request_timeout):
+                await enough.wait()
+            nursery.cancel_scope.cancel()
+        return answers
+
+    async def _ask_read(self, peer: str, key: str) -> Entry | None:
+        assert self.mesh is not None
+        body = await self.mesh.request(peer, KV_READ, {"key": key}, self.request_timeout)
+        raw = body.get("entry")
+        return entry_from_json(raw) if raw is not None else None
+
+    async def _ask_write(self, peer: str, wire: dict[str, Any]) -> bool:
+        assert self.mesh is not None
+        body = await self.mesh.request(peer, KV_WRITE, {"entry": wire}, self.request_timeout)
+        return bool(body.get("had_live"))
+
+    def _repair(self, peer: str, entry: Entry) -> None:
+        if peer == self.node_name:
+            self.store.merge(entry)
+        elif self.mesh is not None:
+            self.mesh.send(peer, KV_SYNC, {"entries": [entry_to_json(entry)]})
+
+    # -- what peers ask of this node ------------------------------------------
+    def attach(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        mesh.on(KV_WRITE, self._on_write)
+        mesh.on(KV_READ, self._on_read)
+        mesh.on(KV_SYNC, self._on_sync)
+        mesh.subscribe(self._on_membership)
+
+    def _on_write(self, peer: str, message: Any) -> dict[str, Any]:
+        entry = entry_from_json(message.body.get("entry"))
+        name = S.KV_DELETE if entry.deleted else S.KV_PUT
+        with self._span(name, entry.key, SpanKind.SERVER):
+            return {"had_live": self._apply(entry)}
+
+    def _on_read(self, peer: str, message: Any) -> dict[str, Any]:
+        key = message.body.get("key")
+        if not isinstance(key, str):
+            raise ValueError("kv.read: key must be a string")
+        with self._span(S.KV_GET, key, SpanKind.SERVER) as span:
+            entry = self.store.entry(key)
+            span.set_attribute(S.KV_FOUND, entry is not None and not entry.deleted)
+            return {"entry": entry_to_json(entry) if entry is not None else None}
+
+    def _on_sync(self, peer: str, message: Any) -> dict[str, Any]:
+        entries = message.body.get("entries")
+        if not isinstance(entries, list):
+            raise ValueError("kv.sync: entries must be a list")
+        changed = sum(self.store.merge(entry_from_json(raw)) for raw in entries)
+        return {"changed": changed}
+
+    # -- hand-off: restore the replica count when membership changes ----------
+    def _on_membership(self, event: str, peer: str) -> None:
+        # A member up (new or back): it may be missing keys it replicates. A member
+        # removed: placement moved, so every peer may have new keys to hold.
+        target = frozenset({peer}) if event == "up" else (None if event == "removed" else frozenset())
+        if target == frozenset():
+            return
         try:
-            result = op()
-        except Exception as exc:
-            S.fail(span, exc)
-            raise
-        else:
-            if found is not None:
-                span.set_attribute(S.KV_FOUND, found(result))
-            return result
+            self._handoff_send.send_nowait(target)
+        except trio.WouldBlock:
+            pass  # a pass is already queued; the next one covers this change too
+
+    async def run_handoff(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async with self._handoff_receive:
+            async for target in self._handoff_receive:
+                await trio.sleep(0.2)  # let a burst of membership changes settle into one pass
+                targets: set[str] | None = set(target) if target is not None else None
+                while True:  # fold queued passes into this one
+                    try:
+                        more = self._handoff_receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    targets = None if targets is None or more is None else targets | more
+                await self._handoff(targets)
+
+    async def _handoff(self, targets: set[str] | None) -> None:
+        """Send every local entry (tombstones too) to its replicas among targets (None: all)."""
+        mesh = self.mesh
+        if mesh is None:
+            return
+        members = mesh.membership.placement_names()
+        batches: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.store.entries():
+            for peer in replicas_for(entry.key, members, self.replicas):
+                if peer != self.node_name and (targets is None or peer in targets):
+                    batches.setdefault(peer, []).append(entry_to_json(entry))
+        for peer, entries in batches.items():
+            with self.tracer.start_as_current_span(S.KV_HANDOFF, attributes={
+                    S.KV_NODE: self.node_name, S.KV_PEER: peer, S.KV_KEYS: len(entries)}):
+                for start in range(0, len(entries), SYNC_BATCH):
+                    try:
+                        await mesh.request(peer, KV_SYNC, {"entries": entries[start:start + SYNC_BATCH]},
+                                           self.request_timeout)
+                    except LinkError as exc:  # the next membership change retries
+                        log.info("kv: hand-off to %s stopped: %s", peer, exc)
+                        break
+
+    # -- spans -------------------------------------------------------------------
+    def _span(self, name: str, key: str, kind: SpanKind, replicas: list[str] | None = None,
+              need: int | None = None, *, current: bool = True) -> _KVSpan:
+        attrs: dict[str, Any] = {S.KV_KEY: S.clip(key), S.KV_NODE: self.node_name}
+        if replicas is not None:
+            attrs[S.KV_REPLICAS] = len(replicas)
+            attrs[S.KV_QUORUM] = need or 0
+        return _KVSpan(self.tracer.start_span(name, kind=kind, attributes=attrs), current)
+
+
+class _KVSpan:
+    """A kv span around a block: made current when peers are asked (their spans are
+    its children), duration recorded, an unreachable quorum or a fault as ERROR, a
+    client's mistake (4xx) left unset."""
+
+    def __init__(self, span: trace.Span, current: bool) -> None:
+        self.span = span
+        self._use = trace.use_span(span, end_on_exit=False, record_exception=False,
+                                   set_status_on_exception=False) if current else None
+
+    def __enter__(self) -> trace.Span:
+        self._started = time.perf_counter_ns()
+        if self._use is not None:
+            self._use.__enter__()
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if isinstance(exc, RequestError):
+                if exc.status == 503:
+                    self.span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
+            elif isinstance(exc, Exception):
+                S.fail(self.span, exc)
+            self.span.set_attribute(S.KV_DURATION_US, (time.perf_counter_ns() - self._started) // 1000)
+            self.span.end()
         finally:
-            span.set_attribute(S.KV_DURATION_US, (time.perf_counter_ns() - started) // 1000)
-            span.end()
+            if self._use is not None:
+                self._use.__exit__(kind, exc, tb)
 
-    def get(self, key: str) -> Entry | None:
-        return self._traced(S.KV_GET, key, lambda: self.store.get(key), lambda e: e is not None)
 
-    def put(self, key: str, value: Any) -> Entry:
-        return self._traced(S.KV_PUT, key, lambda: self.store.put(key, value), None)
+def _kind(replicas: list[str], me: str) -> SpanKind:
+    return SpanKind.CLIENT if any(p != me for p in replicas) else SpanKind.INTERNAL
 
-    def delete(self, key: str) -> Entry | None:
-        """Returns the entry deleted, None when there was none."""
-        return self._traced(S.KV_DELETE, key, lambda: self.store.delete(key), lambda e: e is not None)
+
+def _newest(answers: dict[str, Entry | None]) -> tuple[str, Entry | None]:
+    source, newest = "", None
+    for peer, entry in answers.items():
+        if entry is not None and (newest is None or entry.version > newest.version):
+            source, newest = peer, entry
+    return source, newest

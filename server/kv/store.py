@@ -51,6 +51,14 @@ class Store:
         """The stored entry, tombstones included."""
         return self._entries.get(key)
 
+    def entries(self) -> list[Entry]:
+        """Every stored entry, tombstones included (a snapshot: safe across awaits)."""
+        return list(self._entries.values())
+
+    def new_entry(self, key: str, value: Any, *, deleted: bool = False) -> Entry:
+        """A new version written by this node, not stored yet (replication applies it)."""
+        return Entry(key, None if deleted else value, Version(self.clock.now(), self.node_name), deleted)
+
     def put(self, key: str, value: Any) -> Entry:
         self._check_room(key)
         entry = Entry(key, value, Version(self.clock.now(), self.node_name))
@@ -86,3 +94,30 @@ class Store:
         if not tombstones:
             raise StoreFull(f"the store holds its limit of {self.max_keys} keys")
         del self._entries[min(tombstones, key=lambda e: e.version).key]
+
+
+def entry_to_json(entry: Entry) -> dict[str, Any]:
+    out = {"key": entry.key, "version": entry.version.to_json(), "deleted": entry.deleted}
+    if not entry.deleted:
+        out["value"] = entry.value
+    return out
+
+
+def entry_from_json(raw: Any) -> Entry:
+    """An entry from a peer; ValueError naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("entry: must be an object")
+    key, version, deleted = raw.get("key"), raw.get("version"), raw.get("deleted", False)
+    if not isinstance(key, str) or not key:
+        raise ValueError("entry.key: must be a non-empty string")
+    if not isinstance(deleted, bool):
+        raise ValueError("entry.deleted: must be a boolean")
+    if not isinstance(version, dict):
+        raise ValueError("entry.version: must be an object")
+    wall, counter, writer = version.get("wall_ms"), version.get("counter"), version.get("writer")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (wall, counter)):
+        raise ValueError("entry.version: wall_ms and counter must be non-negative integers")
+    if not isinstance(writer, str) or not writer:
+        raise ValueError("entry.version.writer: must be a non-empty string")
+    return Entry(key, None if deleted else raw.get("value"),
+                 Version(Timestamp(wall, counter), writer), deleted)  # type: ignore[arg-type]

@@ -1,0 +1,170 @@
+"""Chat across the cluster: who is in each room on other nodes, forwarding, and history.
+
+Phoenix.PubSub's pattern: the sender's node delivers to its own members through
+its broadcaster and forwards each message once to every other node that has
+members in the room; that node's broadcaster delivers to its members and never
+forwards again, so each member gets it exactly once. A link delivers frames in
+order and a node has one broadcaster, so members see a sender's messages in the
+sender's order.
+
+Presence: each node tells every peer when a local member joins or leaves, and
+sends a full snapshot of its rooms when a link to a peer comes up. A node that
+goes down takes its members with it: they leave presence once it is marked down
+(failure_timeout). A node joining a room it has no members in asks a peer that
+has for the room's recent history, so a client joining anywhere gets the last
+messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from server.chat.rooms import ChatMessage
+from server.cluster.links import LinkError
+from server.cluster.protocol import Message
+
+if TYPE_CHECKING:
+    from server.chat.hub import Hub
+    from server.cluster.mesh import Mesh
+
+log = logging.getLogger(__name__)
+
+CHAT_MESSAGE = "chat.message"
+CHAT_PRESENCE = "chat.presence"
+CHAT_MEMBERS = "chat.members"  # snapshot of a node's local rooms
+CHAT_HISTORY = "chat.history"
+MAX_REMOTE_MEMBERS = 100_000  # per peer: a misbehaving peer cannot grow this without bound
+
+
+class ClusterChat:
+    def __init__(self, hub: Hub, mesh: Mesh, *, history_timeout: float) -> None:
+        self.hub = hub
+        self.mesh = mesh
+        self.history_timeout = history_timeout
+        # node -> room -> connection id -> username
+        self.remote: dict[str, dict[str, dict[str, str]]] = {}
+        mesh.on(CHAT_MESSAGE, self._on_message)
+        mesh.on(CHAT_PRESENCE, self._on_presence)
+        mesh.on(CHAT_MEMBERS, self._on_members)
+        mesh.on(CHAT_HISTORY, self._on_history)
+        mesh.subscribe(self._on_membership)
+
+    # -- what the hub asks ------------------------------------------------------
+    def nodes_with_members(self, room: str) -> dict[str, int]:
+        """Remote nodes (with a live link) that have members in room, and how many."""
+        out = {}
+        for node, rooms in self.remote.items():
+            members = rooms.get(room)
+            if members and node in self.mesh.links:
+                out[node] = len(members)
+        return out
+
+    def members(self, room: str) -> list[dict[str, str]]:
+        return [{"user": user, "node": node} for node, rooms in sorted(self.remote.items())
+                for user in rooms.get(room, {}).values()]
+
+    def rooms(self) -> dict[str, int]:
+        """Remote member count per room."""
+        counts: dict[str, int] = {}
+        for rooms in self.remote.values():
+            for room, members in rooms.items():
+                if members:
+                    counts[room] = counts.get(room, 0) + len(members)
+        return counts
+
+    def forward(self, node: str, message: ChatMessage) -> bool:
+        """Runs in the broadcaster inside chat.broadcast, whose context travels along."""
+        return self.mesh.send(node, CHAT_MESSAGE, {"message": message.to_json()})
+
+    def presence(self, room: str, conn_id: str, user: str, event: str) -> None:
+        body = {"room": room, "conn": conn_id, "user": user, "event": event}
+        for peer in self.mesh.up_peers():
+            self.mesh.send(peer, CHAT_PRESENCE, body)
+
+    async def fetch_history(self, room: str) -> list[ChatMessage]:
+        """Recent history of room from a peer that has members in it (empty if none answers)."""
+        for node in self.nodes_with_members(room):
+            try:
+                body = await self.mesh.request(node, CHAT_HISTORY, {"room": room}, self.history_timeout)
+            except LinkError as exc:
+                log.info("chat: no history for %r from %s: %s", room, node, exc)
+                continue
+            raw = body.get("messages")
+            if isinstance(raw, list):
+                return [m for m in (_message(r) for r in raw) if m is not None]
+        return []
+
+    # -- what peers send ------------------------------------------------------------
+    def _on_message(self, peer: str, message: Message) -> None:
+        msg = _message(message.body.get("message"))
+        if msg is None:
+            raise ValueError("chat.message: invalid message")
+        self.hub.deliver_remote(msg)
+
+    def _on_presence(self, peer: str, message: Message) -> None:
+        b = message.body
+        fields = [b.get("room"), b.get("conn"), b.get("user"), b.get("event")]
+        if not all(isinstance(v, str) for v in fields) or fields[3] not in ("join", "leave"):
+            raise ValueError("chat.presence: room, conn, user and event are required")
+        room, conn, user, event = (str(v) for v in fields)
+        rooms = self.remote.setdefault(peer, {})
+        members = rooms.setdefault(room, {})
+        if event == "join":
+            if sum(len(m) for m in rooms.values()) >= MAX_REMOTE_MEMBERS:
+                return
+            members[conn] = user
+        elif members.pop(conn, None) is None:
+            return
+        if not members:
+            rooms.pop(room, None)
+        self.hub.remote_presence(room, user, peer, event)
+
+    def _on_members(self, peer: str, message: Message) -> None:
+        raw = message.body.get("rooms")
+        if not isinstance(raw, dict):
+            raise ValueError("chat.members: rooms must be an object")
+        fresh: dict[str, dict[str, str]] = {}
+        total = 0
+        for room, members in raw.items():
+            if not isinstance(members, dict):
+                continue
+            kept = {c: u for c, u in members.items() if isinstance(c, str) and isinstance(u, str)}
+            total += len(kept)
+            if kept and total <= MAX_REMOTE_MEMBERS:
+                fresh[room] = kept
+        old = self.remote.get(peer, {})
+        self.remote[peer] = fresh
+        for room, members in fresh.items():
+            for conn, user in members.items():
+                if conn not in old.get(room, {}):
+                    self.hub.remote_presence(room, user, peer, "join")
+        for room, members in old.items():
+            for conn, user in members.items():
+                if conn not in fresh.get(room, {}):
+                    self.hub.remote_presence(room, user, peer, "leave")
+
+    def _on_history(self, peer: str, message: Message) -> dict[str, Any]:
+        room = message.body.get("room")
+        if not isinstance(room, str):
+            raise ValueError("chat.history: room must be a string")
+        return {"messages": [m.to_json() for m in self.hub.history(room)]}
+
+    def _on_membership(self, event: str, peer: str) -> None:
+        if event == "up":
+            self.mesh.send(peer, CHAT_MEMBERS, {"rooms": self.hub.local_rooms_snapshot()})
+        else:  # down or removed: its members are gone as far as anyone here can tell
+            for room, members in self.remote.pop(peer, {}).items():
+                for user in members.values():
+                    self.hub.remote_presence(room, user, peer, "leave")
+
+
+def _message(raw: Any) -> ChatMessage | None:
+    if not isinstance(raw, dict):
+        return None
+    fields = {k: raw.get(k) for k in ("room", "user", "text", "timestamp", "id", "node")}
+    if not all(isinstance(v, str) for v in fields.values()):
+        return None
+    trace_id = raw.get("trace_id")
+    return ChatMessage(**fields, trace_id=trace_id if isinstance(trace_id, str) else None)  # type: ignore[arg-type]
+

@@ -1,0 +1,346 @@
+"""The cluster mesh: listens for peers on the cluster port, dials seeds and every
+member it learns of, authenticates each link, keeps one link per peer, sends
+heartbeats with gossip, marks silent peers down, and routes messages to the
+handlers the node's services registered (kv.*, chat.*).
+
+Everything long-lived runs in `run()`'s nursery. Membership changes are
+announced to subscribers synchronously (they must not await), in the order
+they happen.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+    wrap_client_stream,
+)
+
+from server.cluster import auth
+from server.cluster.links import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_DUPLICATE,
+    CLOSE_GOING_AWAY,
+    CLOSE_SILENT,
+    Handler,
+    LinkError,
+    PeerLink,
+    backoff_delays,
+)
+from server.cluster.membership import Membership, Status
+from server.cluster.protocol import Message
+from server.cluster.transport import TcpTransport, Transport
+from server.settings import Settings
+from tracing import propagation
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = "heartbeat"
+RESOURCE = "/cluster/v1"
+
+_DIAL_FAILURES = (OSError, ConnectionClosed, HandshakeError, auth.AuthError, trio.TooSlowError)
+
+# on_change(event, member name): event is "up", "down" or "removed"
+MembershipListener = Callable[[str, str], None]
+
+
+class Mesh:
+    def __init__(self, settings: Settings, *, node_name: str, http_url: str,
+                 transport: Transport | None = None, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.name = node_name
+        self.http_url = http_url
+        self.transport: Transport = transport or TcpTransport()
+        self.secret = settings.cluster_secret.encode()
+        self.rng = rng or random.Random()
+        self.membership = Membership(node_name, "", http_url)
+        self.links: dict[str, PeerLink] = {}
+        self.handlers: dict[str, Handler] = {HEARTBEAT: self._on_heartbeat}
+        self.listeners: list[MembershipListener] = []
+        self._dialing: set[str] = set()
+        self._wake_dialer = trio.Event()
+        self.address = ""
+
+    # -- what the node's services use ----------------------------------------
+    def on(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    def subscribe(self, listener: MembershipListener) -> None:
+        self.listeners.append(listener)
+
+    def up_peers(self) -> list[str]:
+        return [n for n in self.membership.up_names() if n != self.name and n in self.links]
+
+    def send(self, peer: str, kind: str, body: dict[str, Any]) -> bool:
+        """Fire-and-forget with the current trace context; False when there is no link."""
+        link = self.links.get(peer)
+        return link is not None and link.send_nowait(Message(kind, body, trace=propagation.inject()))
+
+    async def request(self, peer: str, kind: str, body: dict[str, Any],
+                      within_s: float) -> dict[str, Any]:
+        link = self.links.get(peer)
+        if link is None:
+            raise LinkError(f"no link to {peer}")
+        reply = await link.request(Message(kind, body, trace=propagation.inject()), within_s)
+        return reply.body
+
+    # -- service ---------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the cluster port and keep the mesh; started() gives the bound address."""
+        s = self.settings
+        listener, bound = await self.transport.open_listener(s.cluster_bind)
+        self.address = s.cluster_advertise or bound
+        self.membership.self_address = self.address
+        for peer in s.peer_addresses:
+            self.membership.learn(peer)
+        # trio-websocket is typed for socket listeners/streams but works over any Trio stream.
+        server = WebSocketServer(self._accept, [listener], handler_nursery=None,  # type: ignore[list-item]
+                                 max_message_size=s.cluster_max_message_bytes,
+                                 connect_timeout=s.handshake_timeout, disconnect_timeout=1)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._dial_manager, nursery)
+                log.info("cluster: %s listening for peers on %s", self.name, self.address)
+                task_status.started(self.address)
+        finally:
+            for link in list(self.links.values()):
+                link.close(CLOSE_GOING_AWAY, "node shutting down")
+
+    # -- dialing ---------------------------------------------------------------
+    def _targets(self) -> set[str]:
+        linked = {m.cluster_address for n, m in self.membership.members.items() if n in self.links}
+        wanted = set(self.membership.candidates)
+        wanted |= {m.cluster_address for m in self.membership.members.values()}
+        return wanted - linked - {self.address}
+
+    async def _dial_manager(self, nursery: trio.Nursery) -> None:
+        while True:
+            for address in self._targets() - self._dialing:
+                self._dialing.add(address)
+                nursery.start_soon(self._dial_loop, address)
+            with trio.move_on_after(self.settings.heartbeat_interval):
+                await self._wake_dialer.wait()
+            self._wake_dialer = trio.Event()
+
+    async def _dial_loop(self, address: str) -> None:
+        """Keep a link to `address` while it is wanted, with capped exponential backoff."""
+        delays = backoff_delays(0.1, self.settings.reconnect_max_backoff)
+        try:
+            while address in self._targets():
+                linked = False
+                try:
+                    linked = await self._dial(address)
+                except* _DIAL_FAILURES as group:
+                    log.debug("cluster: dialing %s failed: %s", address, group.exceptions[0])
+                if linked:
+                    delays = backoff_delays(0.1, self.settings.reconnect_max_backoff)
+                else:
+                    delay = next(delays)
+                    await trio.sleep(delay * (0.5 + self.rng.random() / 2))
+        finally:
+            self._dialing.discard(address)
+
+    async def _dial(self, address: str) -> bool:
+        s = self.settings
+        with trio.fail_after(s.handshake_timeout):
+            stream = await self.transport.open_stream(address)
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(s.handshake_timeout):
+                    host = address.rpartition(":")[0]
+                    ws = await wrap_client_stream(nursery, stream, host, RESOURCE,  # type: ignore[arg-type]
+                                                  message_queue_size=64,
+                                                  max_message_size=s.cluster_max_message_bytes)
+                    peer = await self._handshake_dialer(ws, address)
+            except BaseException:
+                await stream.aclose()
+                nursery.cancel_scope.cancel()
+                raise
+            if peer is None:
+                nursery.cancel_scope.cancel()
+                return False
+            await self._serve_link(ws, peer[0], peer[1], peer[2], dialer=self.name)
+            nursery.cancel_scope.cancel()
+        return True
+
+    async def _handshake_dialer(self, ws: WebSocketConnection, address: str) -> tuple[str, str, str] | None:
+        limit = _pre_auth(ws)
+        nonce = auth.new_nonce()
+        await ws.send_message(auth.frame("hello", node=self.name, nonce=nonce,
+                                         address=self.address, url=self.http_url))
+        got = auth.parse(await ws.get_message(), "challenge", "node", "nonce", "proof", "url")
+        peer = got["node"]
+        if peer == self.name:
+            await ws.aclose(CLOSE_DUPLICATE, "that is this node")
+            self.membership.candidates.discard(address)
+            return None
+        expected = auth.proof(self.secret, "listener", nonce, got["nonce"], self.name, peer)
+        if not auth.verify(expected, got["proof"]):
+            log.warning("cluster: %s at %s failed authentication (wrong cluster secret?)", peer, address)
+            await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
+            raise auth.AuthError("listener proof mismatch")
+        await ws.send_message(auth.frame("auth", proof=auth.proof(self.secret, "dialer", nonce,
+                                                                    got["nonce"], self.name, peer)))
+        auth.parse(await ws.get_message(), "welcome")
+        _post_auth(ws, limit)
+        return peer, address, got["url"]
+
+    # -- accepting -------------------------------------------------------------
+    async def _accept(self, request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            with trio.fail_after(self.settings.handshake_timeout):
+                peer = await self._handshake_listener(ws)
+        except (auth.AuthError, trio.TooSlowError, ConnectionClosed) as exc:
+            log.warning("cluster: refused a peer link from %s: %s", _remote(ws), exc or "handshake timed out")
+            with trio.move_on_after(1):
+                await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
+            return
+        await self._serve_link(ws, *peer, dialer=peer[0])
+
+    async def _handshake_listener(self, ws: WebSocketConnection) -> tuple[str, str, str]:
+        limit = _pre_auth(ws)
+        hello = auth.parse(await ws.get_message(), "hello", "node", "nonce", "address", "url")
+        nonce = auth.new_nonce()
+        peer = hello["node"]
+        await ws.send_message(auth.frame(
+            "challenge", node=self.name, nonce=nonce, url=self.http_url,
+            proof=auth.proof(self.secret, "listener", hello["nonce"], nonce, peer, self.name)))
+        got = auth.parse(await ws.get_message(), "auth", "proof")
+        expected = auth.proof(self.secret, "dialer", hello["nonce"], nonce, peer, self.name)
+        if not auth.verify(expected, got["proof"]):
+            raise auth.AuthError(f"{peer} sent a wrong proof (wrong cluster secret?)")
+        await ws.send_message(auth.frame("welcome"))
+        _post_auth(ws, limit)
+        return peer, hello["address"], hello["url"]
+
+    # -- links -----------------------------------------------------------------
+    async def _serve_link(self, ws: WebSocketConnection, peer: str, address: str, url: str, *,
+                          dialer: str) -> None:
+        link = PeerLink(ws, peer=peer, dialer=dialer, queue_size=self.settings.link_queue_size,
+                        dispatch=self._dispatch)
+        existing = self.links.get(peer)
+        if existing is not None and not existing.closed.is_set():
+            # Both sides dialed at once: keep the link dialed by the smaller name, on both ends.
+            if min(existing.dialer, dialer) == existing.dialer:
+                with trio.move_on_after(1):
+                    await ws.aclose(CLOSE_DUPLICATE, "duplicate link")
+                return
+            existing.close(CLOSE_DUPLICATE, "duplicate link")
+        self.links[peer] = link
+        self._seen(peer, address, url)
+        link.send_nowait(self._heartbeat())  # gossip at once, not a heartbeat later
+        try:
+            await link.run()
+        finally:
+            if self.links.get(peer) is link:
+                del self.links[peer]
+            self._wake_dialer.set()
+
+    def _dispatch(self, link: PeerLink, message: Message) -> None:
+        member = self.membership.members.get(link.peer)
+        self._seen(link.peer, member.cluster_address if member else "", "")
+        handler = self.handlers.get(message.type)
+        if handler is None:
+            link.reply(message, error=f"unknown message type {message.type!r}")
+            return
+        token = propagation.attach(message.trace)
+        try:
+            body = handler(link.peer, message)
+        except Exception as exc:  # a handler bug must not take the link down
+            log.exception("cluster: handling %s from %s failed", message.type, link.peer)
+            link.reply(message, error=f"{type(exc).__name__}")
+            return
+        finally:
+            propagation.detach(token)
+        if message.id is not None:
+            link.reply(message, body or {})
+
+    def _seen(self, peer: str, address: str, url: str) -> None:
+        if self.membership.seen(peer, address, url, trio.current_time(), time.time()):
+            log.info("cluster: %s is up", peer)
+            self._announce("up", peer)
+
+    def _announce(self, event: str, peer: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, peer)
+            except Exception:
+                log.exception("cluster: membership listener failed on %s %s", event, peer)
+
+    # -- heartbeats ------------------------------------------------------------
+    def _heartbeat(self) -> Message:
+        return Message(HEARTBEAT, {"members": self.membership.gossip(), "url": self.http_url})
+
+    def _on_heartbeat(self, peer: str, message: Message) -> None:
+        members = message.body.get("members")
+        learnt = False
+        if isinstance(members, list):
+            for m in members[:1000]:
+                if isinstance(m, dict) and isinstance(m.get("address"), str) and m.get("name") != self.name:
+                    if m.get("name") not in self.links:
+                        learnt |= self.membership.learn(m["address"])
+        if learnt:
+            self._wake_dialer.set()
+        return None
+
+    async def _heartbeats(self) -> None:
+        s = self.settings
+        while True:
+            await trio.sleep(s.heartbeat_interval)
+            beat = self._heartbeat()
+            for link in list(self.links.values()):
+                link.send_nowait(beat)
+            went_down, removed = self.membership.check(trio.current_time(), s.failure_timeout,
+                                                       s.member_removal_timeout)
+            for peer in went_down:
+                log.warning("cluster: %s is down (silent for %.1fs)", peer, s.failure_timeout)
+                if (silent := self.links.get(peer)) is not None:
+                    silent.close(CLOSE_SILENT, "no heartbeat")
+                self._announce("down", peer)
+            for peer in removed:
+                log.warning("cluster: %s removed after %.0fs down; its keys move to other replicas",
+                            peer, s.member_removal_timeout)
+                self._announce("removed", peer)
+            if removed:
+                self._wake_dialer.set()
+
+    def describe(self) -> list[dict[str, object]]:
+        """Every member with status, address and last-seen time; self first."""
+        me: dict[str, object] = {"name": self.name, "status": Status.UP.value, "self": True,
+                                 "cluster_address": self.address, "http_url": self.http_url,
+                                 "last_seen": time.time()}
+        return [me] + [m.to_json() for _, m in sorted(self.membership.members.items())]
+
+
+def _pre_auth(ws: WebSocketConnection) -> int:
+    # trio-websocket reads this per message: nothing bigger is buffered before auth.
+    limit: int = ws._max_message_size
+    ws._max_message_size = auth.PRE_AUTH_MAX_BYTES
+    return limit
+
+
+def _post_auth(ws: WebSocketConnection, limit: int) -> None:
+    ws._max_message_size = limit
+
+
+def _remote(ws: WebSocketConnection) -> str:
+    try:
+        return str(ws.remote)
+    except Exception:
+        return "?"
+
+
+__all__ = ["LinkError", "Mesh"]
