@@ -1,10 +1,11 @@
-# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Two commands do everything on a fresh machine: `make run` and `make test`
+# (`make cluster` runs three local nodes as one cluster).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench install lock clean
+.PHONY: run cluster test lint bench install lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m server
+
+# Three local nodes meshed together (HTTP 4000-4002, cluster 4100-4102); Ctrl-C stops them.
+cluster: $(STAMP)
+	$(PY) -m server --cluster 3
 
 test: $(STAMP)
 	$(PY) -m pytest

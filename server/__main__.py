@@ -1,4 +1,5 @@
-"""`python -m server` / `webserver`: run one node until SIGINT or SIGTERM."""
+"""`python -m server` / `webserver`: run one node until SIGINT or SIGTERM
+(or, with `--cluster N`, N local nodes meshed together: server/local_cluster.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ import trio
 from opentelemetry.trace import TracerProvider
 
 from server.errors import ConfigError
+from server.local_cluster import (
+    CLUSTER_PORT_OFFSET,
+    MAX_NODES,
+    MIN_NODES,
+    check_node_count,
+    run_local_cluster,
+)
 from server.logs import setup_logging
 from server.node import serve_node
 from server.runtime import tune_gc
@@ -24,6 +32,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="settings file (default conf/webserver.toml; env WEBSERVER_CONFIG)")
     p.add_argument("--bind", help=f"HOST:PORT to serve on (env {env_name('bind')})")
     p.add_argument("--node-name", help=f"node name (env {env_name('node_name')})")
+    p.add_argument("--cluster-bind", metavar="HOST:PORT",
+                   help=f"listen for peer nodes here (env {env_name('cluster_bind')})")
+    p.add_argument("--peers", metavar="HOST:PORT,...",
+                   help=f"cluster addresses of peers to dial (env {env_name('peers')})")
+    p.add_argument("--cluster", type=int, metavar="N",
+                   help=f"run N ({MIN_NODES}-{MAX_NODES}) local nodes meshed together, with a fresh "
+                        "secret; HTTP ports from --bind's port, cluster ports at HTTP port + "
+                        f"{CLUSTER_PORT_OFFSET}")
     return p.parse_args(argv)
 
 
@@ -52,11 +68,33 @@ async def run(settings: Settings) -> None:
                 await trio.to_thread.run_sync(telemetry.shutdown, settings.shutdown_timeout)
 
 
+def run_cluster(args: argparse.Namespace) -> int:
+    """`--cluster N`: the supervisor decides each node's name, cluster address and peers."""
+    try:
+        check_node_count(args.cluster)
+        for flag, value in (("--node-name", args.node_name), ("--cluster-bind", args.cluster_bind),
+                            ("--peers", args.peers)):
+            if value is not None:
+                raise ConfigError(f"{flag}: not with --cluster (each local node gets its own)")
+        # Validate everything else the nodes will load; the cluster settings are the supervisor's.
+        settings = load_settings(config_path=args.config,
+                                 overrides={"bind": args.bind, "node_name": "", "cluster_bind": "",
+                                            "cluster_advertise": "", "peers": ""})
+        load_tracing_config(settings.telemetry_config)
+        return run_local_cluster(args.cluster, settings, config_path=args.config)
+    except ConfigError as exc:
+        print(f"webserver: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cluster is not None:
+        return run_cluster(args)
     try:
         settings = load_settings(config_path=args.config,
-                                 overrides={"bind": args.bind, "node_name": args.node_name})
+                                 overrides={"bind": args.bind, "node_name": args.node_name,
+                                            "cluster_bind": args.cluster_bind, "peers": args.peers})
         load_tracing_config(settings.telemetry_config)  # fail before serving, not during
     except ConfigError as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)

@@ -1,11 +1,15 @@
-"""Static checks of the deployment files (docker-compose.yml and what it mounts).
+"""Static checks of the deployment files (docker-compose.yml, what it mounts, and
+conf/cluster.example.toml).
 
-Nothing here can run Tempo or Grafana, so these tests parse the real files and
-check the settings the tracing pipeline depends on. Plain sync tests: no trio.
+Nothing here can run Tempo, Grafana or the nodes' containers, so these tests parse
+the real files and check the settings the tracing pipeline and the cluster depend
+on. Plain sync tests: no trio.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,8 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
+from server.errors import ConfigError
+from server.settings import load_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+CLUSTER_EXAMPLE = ROOT / "conf" / "cluster.example.toml"
+NODES = ("webserver1", "webserver2", "webserver3")
+# A stand-in for the secret compose requires (`${WEBSERVER_CLUSTER_SECRET:?...}`); never a real one.
+DUMMY_SECRET = "dummy-secret-for-config-validation-only-0123456789"
 
 
 def _load(path: Path) -> Any:
@@ -73,7 +84,8 @@ def _mounted_file(services: dict[str, Any], service: str, target: str) -> Path:
 def test_compose_version_for_debian_docker_compose(compose: dict[str, Any]) -> None:
     # docker-compose 1.29.2 (Debian bookworm) needs an explicit 3.x version.
     assert str(compose["version"]) == "3.8"
-    assert {"tempo", "grafana", "webserver"} <= set(compose["services"])
+    assert {"tempo", "grafana", *NODES} <= set(compose["services"])
+    assert "webserver" not in compose["services"]  # the single node became three
 
 
 def test_images_are_pinned(services: dict[str, Any]) -> None:
@@ -149,18 +161,64 @@ def test_grafana_tempo_datasource(services: dict[str, Any]) -> None:
     assert ds["isDefault"] is True
 
 
-def test_webserver_service(services: dict[str, Any]) -> None:
-    web = services["webserver"]
+@pytest.mark.parametrize("index", [1, 2, 3])
+def test_webserver_node_service(services: dict[str, Any], index: int) -> None:
+    name = f"webserver{index}"
+    web = services[name]
     build = web["build"]
     context = build if isinstance(build, str) else build["context"]
     assert (ROOT / context).resolve() == ROOT
+    assert isinstance(build, str) or build.get("dockerfile", "Dockerfile") == "Dockerfile"
     assert (ROOT / "Dockerfile").is_file()
     env = _env(web)
-    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://tempo:4317"
-    assert env["WEBSERVER_BIND"] == "0.0.0.0:4000"
-    assert env["WEBSERVER_NODE_NAME"] == "webserver@webserver:4000"
-    assert any(str(p) == "4000:4000" for p in web["ports"])
+    others = [n for n in NODES if n != name]
+    assert env == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4317",
+        "WEBSERVER_BIND": "0.0.0.0:4000",
+        "WEBSERVER_NODE_NAME": f"webserver@{name}:4000",
+        "WEBSERVER_CLUSTER_BIND": "0.0.0.0:4100",
+        "WEBSERVER_CLUSTER_ADVERTISE": f"{name}:4100",
+        "WEBSERVER_PEERS": ",".join(f"{n}:4100" for n in others),
+        # Compose substitution that fails without the variable: no secret is committed.
+        "WEBSERVER_CLUSTER_SECRET": "${WEBSERVER_CLUSTER_SECRET:?set WEBSERVER_CLUSTER_SECRET (32+ bytes)}",
+    }
+    # HTTP published on 4000 + index - 1; the cluster port stays on the compose network.
+    assert [str(p).split("#")[0].strip() for p in web["ports"]] == [f"{3999 + index}:4000"]
+    assert not any(_host_port(p, 4100) for p in web["ports"])
     assert "tempo" in web["depends_on"]
+
+
+def test_node_environments_are_valid_settings(services: dict[str, Any]) -> None:
+    """Each node's environment, with a stand-in secret, loads as the node would load it."""
+    names = set()
+    for name in NODES:
+        env = _env(services[name]) | {"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET}
+        settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("WEBSERVER_")})
+        assert settings.clustered and settings.cluster_bind == "0.0.0.0:4100"
+        names.add(settings.node_name)
+    assert len(names) == len(NODES)
+
+
+def test_no_secret_is_committed() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if "WEBSERVER_CLUSTER_SECRET=" in line and not line.lstrip().startswith("#"):
+            assert line.split("=", 1)[1].startswith("${WEBSERVER_CLUSTER_SECRET:?"), line
+    assert not re.search(r"\b[0-9a-f]{32,}\b", text)
+
+
+def test_cluster_example_config_loads() -> None:
+    """conf/cluster.example.toml is one node's file: valid keys, clustered, no secret in it."""
+    text = CLUSTER_EXAMPLE.read_text(encoding="utf-8")
+    assert not re.search(r"^\s*cluster_secret\s*=", text, re.MULTILINE), "the secret belongs in the env"
+    settings = load_settings(config_path=str(CLUSTER_EXAMPLE),
+                             environ={"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET})
+    assert settings.clustered
+    assert settings.cluster_advertise and settings.peer_addresses
+    assert settings.write_quorum + settings.read_quorum > settings.replicas
+    # Without the secret a clustered node refuses to start.
+    with pytest.raises(ConfigError, match="cluster_secret"):
+        load_settings(config_path=str(CLUSTER_EXAMPLE), environ={})
 
 
 def test_dockerfile_essentials() -> None:
@@ -180,12 +238,35 @@ def test_dockerfile_essentials() -> None:
     reason="docker-compose not on PATH (install it with .ci/install-system-deps)",
 )
 def test_docker_compose_config_validates() -> None:
+    env = os.environ | {"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET}
     result = subprocess.run(
         ["docker-compose", "config", "-q"],
         cwd=ROOT,
+        env=env,
         check=False,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not on PATH (install it with .ci/install-system-deps)",
+)
+def test_docker_compose_requires_the_cluster_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WEBSERVER_CLUSTER_SECRET"}
+    empty = tmp_path / "empty.env"  # instead of any .env a developer keeps the secret in
+    empty.write_text("", encoding="utf-8")
+    result = subprocess.run(
+        ["docker-compose", "--env-file", str(empty), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "set WEBSERVER_CLUSTER_SECRET" in result.stderr, result.stderr

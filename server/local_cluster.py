@@ -1,0 +1,395 @@
+"""`python -m server --cluster N`: N meshed nodes on this machine, for trying the cluster.
+
+A small supervisor (plain threads and subprocesses: it is not the server). It
+
+* generates a fresh cluster secret (`secrets.token_hex(32)`) that lives only in
+  the children's environment: it is never printed or logged;
+* gives node i the HTTP port `bind port + i` and the cluster port `HTTP port + 100`
+  (4000/4100, 4001/4101, ... by default; `--bind HOST:0` picks free ports);
+* starts N `python -m server` children, each dialing all the others, and forwards
+  their output line by line, prefixed with the node's name;
+* waits until every node is listening and every node's `GET /nodes` lists all N,
+  then prints one `node NAME http=URL cluster=ADDR` line per node and
+  `cluster of N nodes ready; Ctrl-C stops it`;
+* on SIGINT/SIGTERM/SIGHUP sends SIGTERM to every node, waits `shutdown_timeout`
+  + 5 s (then SIGKILL) and exits 0. A node that dies meanwhile is reported and the
+  others keep running (you are probably testing failure); if all die, exit 1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import IO
+
+from server.errors import ConfigError
+from server.settings import Settings, env_name
+
+MIN_NODES = 1
+MAX_NODES = 9
+CLUSTER_PORT_OFFSET = 100
+LISTEN_DEADLINE = 20.0   # every node printed its listening line
+MESH_DEADLINE = 15.0     # every node's /nodes lists all N
+KILL_GRACE = 5.0         # added to shutdown_timeout before SIGKILL
+POLL_INTERVAL = 0.2
+HTTP_TIMEOUT = 2.0
+
+_LISTENING = re.compile(r"webserver node (\S+) listening on (\S+)")
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+# Settings the supervisor decides for each child, whatever the parent's environment says.
+_CHILD_SETTINGS = ("bind", "node_name", "cluster_bind", "cluster_advertise", "peers", "cluster_secret")
+
+
+def check_node_count(count: int) -> None:
+    if not MIN_NODES <= count <= MAX_NODES:
+        raise ConfigError(f"--cluster: expected {MIN_NODES} to {MAX_NODES} nodes, got {count}")
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Where one local node serves and how the others reach it."""
+
+    name: str
+    bind: str             # HTTP HOST:PORT the node binds
+    http_host: str        # a host to dial (the bind host, or loopback for a wildcard bind)
+    http_port: int
+    cluster_bind: str     # cluster HOST:PORT the node binds
+    cluster_address: str  # cluster HOST:PORT the others dial (advertised)
+
+    @property
+    def url(self) -> str:
+        return f"http://{host_port(self.http_host, self.http_port)}"
+
+
+def _free_ports(host: str, count: int) -> list[int]:
+    """count distinct ports that were free on host a moment ago (all held while choosing)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def plan_nodes(count: int, settings: Settings) -> list[NodePlan]:
+    """Ports and names of count nodes: bind port + i and + 100, or free ports for port 0."""
+    check_node_count(count)
+    host, port = settings.host, settings.port
+    dial_host = _WILDCARD_HOSTS.get(host, host)
+    if port == 0:
+        try:
+            ports = _free_ports(host, 2 * count)
+        except OSError as exc:
+            raise ConfigError(f"bind: cannot find free ports on {host!r}: {exc.strerror}") from None
+        pairs = list(zip(ports[:count], ports[count:], strict=True))
+    else:
+        last = port + count - 1 + CLUSTER_PORT_OFFSET
+        if last > 65535:
+            raise ConfigError(f"bind: port {port} leaves no room for {count} HTTP ports and "
+                              f"their cluster ports (+{CLUSTER_PORT_OFFSET}); the last would be {last}")
+        pairs = [(port + i, port + i + CLUSTER_PORT_OFFSET) for i in range(count)]
+    return [NodePlan(name=f"webserver@{host}:{http}", bind=host_port(host, http), http_host=dial_host,
+                     http_port=http, cluster_bind=host_port(host, cluster),
+                     cluster_address=host_port(dial_host, cluster))
+            for http, cluster in pairs]
+
+
+def quorum_overrides(count: int, settings: Settings) -> dict[str, int]:
+    """replicas/write_quorum/read_quorum capped at the number of nodes (else a 1-node
+    cluster could never reach a write quorum of 2). Empty when nothing needs capping."""
+    replicas = min(settings.replicas, count)
+    capped = {"replicas": replicas,
+              "write_quorum": min(settings.write_quorum, replicas),
+              "read_quorum": min(settings.read_quorum, replicas)}
+    if all(getattr(settings, key) == value for key, value in capped.items()):
+        return {}
+    return capped
+
+
+def child_environment(plan: NodePlan, plans: list[NodePlan], secret: str, *,
+                      base_env: Mapping[str, str], config_path: str | None = None,
+                      extra: Mapping[str, int] | None = None) -> dict[str, str]:
+    """The environment of one child: the parent's, with its cluster settings decided here."""
+    env = {k: v for k, v in base_env.items() if k not in {env_name(s) for s in _CHILD_SETTINGS}}
+    env["PYTHONUNBUFFERED"] = "1"
+    env[env_name("bind")] = plan.bind
+    env[env_name("node_name")] = plan.name
+    env[env_name("cluster_bind")] = plan.cluster_bind
+    env[env_name("cluster_advertise")] = plan.cluster_address
+    env[env_name("peers")] = ",".join(p.cluster_address for p in plans if p is not plan)
+    env[env_name("cluster_secret")] = secret
+    if config_path:
+        env["WEBSERVER_CONFIG"] = os.path.abspath(config_path)
+    for key, value in (extra or {}).items():
+        env[env_name(key)] = str(value)
+    return env
+
+
+def fetch_nodes(host: str, port: int, timeout: float = HTTP_TIMEOUT) -> list[str] | None:
+    """The node's `GET /nodes` list, or None if it does not answer properly (yet)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/nodes")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        data = json.loads(body)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if isinstance(nodes, list) and all(isinstance(n, str) for n in nodes):
+        return nodes
+    return None
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class _Output:
+    """Line-at-a-time printing shared by the forwarding threads and the supervisor.
+
+    The secret is redacted from everything forwarded, should a child ever print it."""
+
+    def __init__(self, secret: str) -> None:
+        self._lock = threading.Lock()
+        self._secret = secret
+
+    def line(self, text: str, *, stream: IO[str] | None = None) -> None:
+        out = stream or sys.stdout
+        text = text.replace(self._secret, "[redacted]")
+        with self._lock:
+            try:
+                out.write(text + "\n")
+                out.flush()
+            except (OSError, ValueError):  # our stdout went away: keep draining the children
+                pass
+
+    def error(self, text: str) -> None:
+        self.line(f"webserver: {text}", stream=sys.stderr)
+
+
+@dataclass
+class _Child:
+    plan: NodePlan
+    process: subprocess.Popen[bytes]
+    listening: threading.Event = field(default_factory=threading.Event)
+    url: str = ""
+    threads: list[threading.Thread] = field(default_factory=list)
+    reported_exit: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            try:
+                self.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+def _forward(child: _Child, pipe: IO[bytes], stream: IO[str], output: _Output) -> None:
+    prefix = f"[{child.plan.name}]"
+    for raw in iter(pipe.readline, b""):
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not child.listening.is_set() and (match := _LISTENING.search(text)):
+            child.url = match.group(2)
+            child.listening.set()
+        output.line(f"{prefix} {text}", stream=stream)
+    pipe.close()
+
+
+class _Stop(Exception):
+    """A stop signal arrived while starting up."""
+
+
+class LocalCluster:
+    def __init__(self, count: int, settings: Settings, *, config_path: str | None = None,
+                 python: str = sys.executable, base_env: Mapping[str, str] | None = None) -> None:
+        self.count = count
+        self.settings = settings
+        self.config_path = config_path
+        self.python = python
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.plans = plan_nodes(count, settings)
+        self._secret = secrets.token_hex(32)
+        self.output = _Output(self._secret)
+        self.children: list[_Child] = []
+        self.stop_requested = threading.Event()
+        self.signals_received = 0
+
+    # -- signals -------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between bytecodes: set flags only, print nothing.
+        self.signals_received += 1
+        self.stop_requested.set()
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, but return early on a stop signal; raise _Stop if one arrived."""
+        if self.stop_requested.wait(seconds):
+            raise _Stop
+
+    # -- the run -------------------------------------------------------------
+    def run(self) -> int:
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {s: signal.signal(s, self._on_signal) for s in handled}
+        try:
+            return self._run()
+        finally:
+            self._stop_children()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self) -> int:
+        if capped := quorum_overrides(self.count, self.settings):
+            self.output.line("note: " + ", ".join(f"{k}={v}" for k, v in capped.items())
+                             + f" (capped at {self.count} node{'s' if self.count > 1 else ''})")
+        try:
+            self._spawn_all(capped)
+            if not self._wait_listening():
+                return 1
+            if not self._wait_meshed():
+                return 1
+        except _Stop:
+            self.output.line("stopping the cluster (interrupted while starting)")
+            return 0
+        for child in self.children:
+            self.output.line(f"node {child.plan.name} http={child.plan.url} "
+                             f"cluster={child.plan.cluster_address}")
+        self.output.line(f"cluster of {self.count} nodes ready; Ctrl-C stops it")
+        return self._supervise()
+
+    def _spawn_all(self, capped: Mapping[str, int]) -> None:
+        for plan in self.plans:
+            env = child_environment(plan, self.plans, self._secret, base_env=self.base_env,
+                                    config_path=self.config_path, extra=capped)
+            process = subprocess.Popen(
+                [self.python, "-m", "server"], env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            child = _Child(plan, process)
+            self.children.append(child)
+            assert process.stdout is not None and process.stderr is not None
+            for pipe, stream in ((process.stdout, sys.stdout), (process.stderr, sys.stderr)):
+                thread = threading.Thread(target=_forward, args=(child, pipe, stream, self.output),
+                                          name=f"forward-{plan.name}", daemon=True)
+                thread.start()
+                child.threads.append(thread)
+
+    def _wait_listening(self) -> bool:
+        deadline = time.monotonic() + LISTEN_DEADLINE
+        while True:
+            waiting = [c for c in self.children if not c.listening.is_set()]
+            if not waiting:
+                return True
+            for child in waiting:
+                if not child.alive:
+                    child.listening.wait(0.5)  # its last lines may still be in the pipe
+                    if not child.listening.is_set():
+                        child.reported_exit = True
+                        self.output.error(f"node {child.plan.name} stopped before it was listening "
+                                          f"({describe_exit(child.process.returncode)}; its output is "
+                                          "above); stopping the cluster")
+                        return False
+            if time.monotonic() > deadline:
+                names = ", ".join(c.plan.name for c in waiting)
+                self.output.error(f"not listening within {LISTEN_DEADLINE:g}s: {names}; "
+                                  "stopping the cluster")
+                return False
+            self._wait(POLL_INTERVAL)
+
+    def _wait_meshed(self) -> bool:
+        expected = {c.plan.name for c in self.children}
+        deadline = time.monotonic() + MESH_DEADLINE
+        seen: dict[str, list[str] | None] = {}
+        while True:
+            for child in self.children:
+                if not child.alive:
+                    child.reported_exit = True
+                    self.output.error(f"node {child.plan.name} stopped while the cluster formed "
+                                      f"({describe_exit(child.process.returncode)}); "
+                                      "stopping the cluster")
+                    return False
+                seen[child.plan.name] = fetch_nodes(child.plan.http_host, child.plan.http_port)
+            if all(nodes is not None and set(nodes) == expected for nodes in seen.values()):
+                return True
+            if time.monotonic() > deadline:
+                views = "; ".join(f"{name} sees {nodes if nodes is not None else 'no answer'}"
+                                  for name, nodes in seen.items())
+                self.output.error(f"the nodes did not all see each other within {MESH_DEADLINE:g}s "
+                                  f"({views}); stopping the cluster")
+                return False
+            self._wait(POLL_INTERVAL)
+
+    def _supervise(self) -> int:
+        while not self.stop_requested.wait(POLL_INTERVAL):
+            for child in self.children:
+                if not child.alive and not child.reported_exit:
+                    child.reported_exit = True
+                    left = sum(c.alive for c in self.children)
+                    self.output.error(f"node {child.plan.name} stopped unexpectedly "
+                                      f"({describe_exit(child.process.returncode)}); "
+                                      f"{left} of {self.count} still running")
+            if not any(c.alive for c in self.children):
+                self.output.error("every node has exited; stopping")
+                return 1
+        self.output.line(f"stopping {sum(c.alive for c in self.children)} node(s)")
+        return 0
+
+    def _stop_children(self) -> None:
+        """SIGTERM every node still running, wait shutdown_timeout + 5 s, then SIGKILL."""
+        for child in self.children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.shutdown_timeout + KILL_GRACE
+        signals_at_start = self.signals_received
+        while any(c.alive for c in self.children) and time.monotonic() < deadline:
+            if self.signals_received > signals_at_start:
+                break  # asked again while stopping: kill now
+            time.sleep(POLL_INTERVAL)
+        for child in self.children:
+            if child.alive:
+                self.output.error(f"node {child.plan.name} did not stop in time; killing it")
+                child.process.kill()
+            try:
+                child.process.wait(KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                self.output.error(f"node {child.plan.name} (pid {child.process.pid}) survived SIGKILL")
+        for child in self.children:
+            for thread in child.threads:
+                thread.join(KILL_GRACE)
+
+
+def run_local_cluster(count: int, settings: Settings, *, config_path: str | None = None,
+                      python: str = sys.executable) -> int:
+    """Run count local nodes until a stop signal; the exit code (0, or 1 if the cluster
+    could not form or every node died). Raises ConfigError for a bad count or ports."""
+    return LocalCluster(count, settings, config_path=config_path, python=python).run()
