@@ -11,6 +11,7 @@ stop accepting, close WebSockets with 1001, let Hypercorn drain, stop services.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 class Node:
     def __init__(self, settings: Settings, *, name: str, tracer_provider: trace.TracerProvider,
-                 http_url: str = "", transport: Transport | None = None) -> None:
+                 http_url: str = "", transport: Transport | None = None,
+                 rng: random.Random | None = None) -> None:
         self.settings = settings
         self.name = name
         self.http_url = http_url
@@ -53,7 +55,7 @@ class Node:
                        publish_timeout=settings.slow_consumer_timeout)
         self.mesh: Mesh | None = None
         if settings.clustered:
-            self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport)
+            self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport, rng=rng)
             self.kv.attach(self.mesh)
             self.hub.cluster = ClusterChat(self.hub, self.mesh,
                                            history_timeout=min(1.0, settings.cluster_request_timeout))

@@ -240,7 +240,10 @@ class Mesh:
                 return
             existing.close(CLOSE_DUPLICATE, "duplicate link")
         self.links[peer] = link
-        self._seen(peer, address, url)
+        if not self._seen(peer, address, url):
+            # Already up: it restarted (or relinked) within failure_timeout. Listeners
+            # still need to know, to resend room snapshots and hand keys off.
+            self._announce("up", peer)
         link.send_nowait(self._heartbeat())  # gossip at once, not a heartbeat later
         try:
             await link.run()
@@ -268,10 +271,13 @@ class Mesh:
         if message.id is not None:
             link.reply(message, body or {})
 
-    def _seen(self, peer: str, address: str, url: str) -> None:
+    def _seen(self, peer: str, address: str, url: str) -> bool:
+        """Record a sign of life; True when that brought the member up (and announced it)."""
         if self.membership.seen(peer, address, url, trio.current_time(), time.time()):
             log.info("cluster: %s is up", peer)
             self._announce("up", peer)
+            return True
+        return False
 
     def _announce(self, event: str, peer: str) -> None:
         for listener in self.listeners:
