@@ -160,7 +160,7 @@ async def test_chat_reaches_members_on_every_node_once_and_in_order(cluster: lis
 
 
 async def test_a_member_joining_elsewhere_gets_the_rooms_history(cluster: list[Member]) -> None:
-    n1, n2, _ = cluster
+    n1, n2, n3 = cluster
     async with json_client(n1.running, "alice") as alice:
         await alice.request("join", room="archive")
         for i in range(3):
@@ -169,6 +169,17 @@ async def test_a_member_joining_elsewhere_gets_the_rooms_history(cluster: list[M
         async with json_client(n2.running, "bob") as bob:
             joined = await bob.request("join", room="archive")
             assert [m["text"] for m in joined["history"]] == ["h0", "h1", "h2"]
+
+            # A node with no member in the room still shows it whole.
+            async def both_listed() -> bool:
+                room = (await n3.http.get("/rooms/archive")).json()
+                return bool(room["members"] == [{"user": "alice", "node": "n1"},
+                                                {"user": "bob", "node": "n2"}])
+
+            await wait_async(both_listed)
+            room = (await n3.http.get("/rooms/archive")).json()
+            assert [m["text"] for m in room["history"]] == ["h0", "h1", "h2"]
+        assert (await n3.http.get("/rooms/nowhere")).status_code == 404
 
 
 async def test_a_node_with_the_wrong_secret_never_joins(cluster: list[Member], nursery: trio.Nursery) -> None:

@@ -128,10 +128,11 @@ class Hub:
             pass
 
     # -- the cluster's view -------------------------------------------------
-    def members(self, room: Room) -> list[dict[str, str]]:
-        """Every member of room on every reachable node, local ones first."""
-        local = self.rooms.members_json(room)
-        return local + self.cluster.members(room.name) if self.cluster is not None else local
+    def members(self, name: str) -> list[dict[str, str]]:
+        """Every member of a room on every reachable node, local ones first."""
+        room = self.rooms.get(name)
+        local = self.rooms.members_json(room) if room is not None else []
+        return local + self.cluster.members(name) if self.cluster is not None else local
 
     def room_counts(self) -> dict[str, int]:
         """Member count per room, cluster-wide (rooms with local history included)."""

@@ -137,11 +137,11 @@ async def room(room: str) -> Response:
     hub = node().hub
     name = check_room(room)
     await hub.sync_history(name)
-    r = hub.rooms.get(name)
-    if r is None:
+    members = hub.members(name)
+    if hub.rooms.get(name) is None and not members:
         raise NotFound(f"no room {room!r}")
-    return json_response({"room": r.name, "members": hub.members(r),
-                          "history": [m.to_json() for m in r.history]})
+    return json_response({"room": name, "members": members,
+                          "history": [m.to_json() for m in hub.history(name)]})
 
 
 @api.get("/api/openapi")

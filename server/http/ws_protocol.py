@@ -114,7 +114,7 @@ async def _join(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
     if name not in s.conn.rooms:
         await s.hub.sync_history(name)
     room = s.hub.join(s.conn, name)
-    return {"room": name, "members": s.hub.members(room),
+    return {"room": name, "members": s.hub.members(name),
             "history": [{"type": "message", **m.to_json()} for m in room.history]}
 
 
