@@ -47,7 +47,8 @@ class Node:
         self.store = Store(name, max_keys=settings.max_keys)
         self.kv = KV(self.store, self.tracer, replicas=settings.replicas,
                      write_quorum=settings.write_quorum, read_quorum=settings.read_quorum,
-                     request_timeout=settings.cluster_request_timeout)
+                     request_timeout=settings.cluster_request_timeout,
+                     anti_entropy_interval=settings.anti_entropy_interval)
         self.hub = Hub(node_name=name, tracer=self.tracer, history_size=settings.history_size,
                        max_rooms=settings.max_rooms,
                        max_rooms_per_connection=settings.max_rooms_per_connection,

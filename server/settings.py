@@ -24,7 +24,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
 ENV_PREFIX = "WEBSERVER_"
 # Names of variables that steer loading rather than being settings themselves.
 CONFIG_ENV = "WEBSERVER_CONFIG"
-_ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval"}
+_ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval", "anti_entropy_interval"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class Settings:
     handshake_timeout: float = 5.0
     cluster_request_timeout: float = 2.0   # quorum deadline: past it the client gets 503
     reconnect_max_backoff: float = 10.0
+    # Every this often each node sends its entries to their replicas (0 = only on
+    # membership changes): replicas that missed a write catch up without a read.
+    anti_entropy_interval: float = 60.0
     link_queue_size: int = 1024            # frames queued per peer link
     cluster_max_message_bytes: int = 1048576
 
@@ -105,6 +108,10 @@ class Settings:
                               f"(set {env_name('cluster_secret')}; it is never generated silently)")
         if self.write_quorum > self.replicas or self.read_quorum > self.replicas:
             raise ConfigError("write_quorum and read_quorum: must not exceed replicas")
+        host = self.cluster_bind.rpartition(":")[0].strip("[]")
+        if host in ("0.0.0.0", "::", "") and self.cluster_bind and not self.cluster_advertise:
+            raise ConfigError(f"cluster_advertise: required when cluster_bind is a wildcard address "
+                              f"({self.cluster_bind}): peers need an address they can dial")
         if self.failure_timeout <= self.heartbeat_interval:
             raise ConfigError("failure_timeout: must be longer than heartbeat_interval")
 

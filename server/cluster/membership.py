@@ -46,6 +46,9 @@ class Membership:
     members: dict[str, Member] = field(default_factory=dict)
     candidates: set[str] = field(default_factory=set)  # cluster addresses to dial
     version: int = 0  # bumped on every change that moves key placement or presence
+    # Since when this node has seen a majority up: down time only counts toward
+    # removal while it has one, so regaining a majority does not remove at once.
+    majority_since: float | None = None
 
     def up_names(self) -> list[str]:
         return [self.self_name, *sorted(n for n, m in self.members.items() if m.status is Status.UP)]
@@ -89,9 +92,14 @@ class Membership:
                 m.status, m.down_since = Status.DOWN, now
                 went_down.append(m.name)
         up = len(self.up_names())
-        if up * 2 > len(self.members) + 1:  # a strict majority of all members, self included
+        if up * 2 <= len(self.members) + 1:  # no strict majority of all members, self included
+            self.majority_since = None
+        else:
+            if self.majority_since is None:
+                self.majority_since = now
+            counted_from = self.majority_since
             for m in list(self.members.values()):
-                if m.down_since is not None and now - m.down_since > removal_timeout:
+                if m.down_since is not None and now - max(m.down_since, counted_from) > removal_timeout:
                     del self.members[m.name]
                     self.candidates.add(m.cluster_address)  # keep dialing: it may come back
                     removed.append(m.name)

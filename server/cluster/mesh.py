@@ -183,6 +183,9 @@ class Mesh:
         got = auth.parse(await ws.get_message(), "challenge", "node", "nonce", "proof", "url")
         peer = got["node"]
         if peer == self.name:
+            if address not in (self.address, self.settings.cluster_bind):
+                log.warning("cluster: the node at %s is also named %s; node names must be unique "
+                            "(set node_name)", address, peer)
             await ws.aclose(CLOSE_DUPLICATE, "that is this node")
             self.membership.candidates.discard(address)
             return None
@@ -204,7 +207,9 @@ class Mesh:
             with trio.fail_after(self.settings.handshake_timeout):
                 peer = await self._handshake_listener(ws)
         except (auth.AuthError, trio.TooSlowError, ConnectionClosed) as exc:
-            log.warning("cluster: refused a peer link from %s: %s", _remote(ws), exc or "handshake timed out")
+            reason = str(exc) or ("handshake timed out" if isinstance(exc, trio.TooSlowError)
+                                  else type(exc).__name__)
+            log.warning("cluster: refused a peer link from %s: %s", _remote(ws), reason)
             with trio.move_on_after(1):
                 await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
             return

@@ -57,7 +57,7 @@ def decode(frame: str | bytes) -> Message:
         raise ProtocolError(f"frame is not JSON: {exc.msg}") from None
     if not isinstance(data, dict):
         raise ProtocolError("frame is not a JSON object")
-    if data.get("v") != VERSION:
+    if type(data.get("v")) is not int or data["v"] != VERSION:
         raise ProtocolError(f"unsupported protocol version {data.get('v')!r} (this node speaks {VERSION})")
     kind, body, trace = data.get("type"), data.get("body", {}), data.get("trace", {})
     if not isinstance(kind, str) or not kind:

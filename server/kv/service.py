@@ -19,6 +19,7 @@ the same trace. Values never go into attributes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from server.cluster.links import LinkError
-from server.errors import RequestError, Unavailable
+from server.errors import RequestError, StoreFull, Unavailable
 from server.kv.placement import replicas_for
 from server.kv.store import Entry, Store, entry_from_json, entry_to_json
 from tracing import spans as S
@@ -46,6 +47,10 @@ KV_SYNC = "kv.sync"  # cluster message: merge these entries (repair, handoff)
 SYNC_BATCH = 200
 
 
+class ReplicaFull(LinkError):
+    """A replica refused a write because its store is at max_keys."""
+
+
 @dataclass(frozen=True)
 class Read:
     entry: Entry | None  # the live entry, None when absent or deleted
@@ -54,13 +59,15 @@ class Read:
 
 class KV:
     def __init__(self, store: Store, tracer: trace.Tracer, *, replicas: int = 3, write_quorum: int = 2,
-                 read_quorum: int = 2, request_timeout: float = 2.0) -> None:
+                 read_quorum: int = 2, request_timeout: float = 2.0,
+                 anti_entropy_interval: float = 0.0) -> None:
         self.store = store
         self.tracer = tracer
         self.replicas = replicas
         self.write_quorum = write_quorum
         self.read_quorum = read_quorum
         self.request_timeout = request_timeout
+        self.anti_entropy_interval = anti_entropy_interval
         self.mesh: Mesh | None = None
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[frozenset[str] | None](64)
 
@@ -70,16 +77,16 @@ class KV:
 
     # -- the operations ------------------------------------------------------
     async def get(self, key: str) -> Read:
-        replicas = self._placement(key)
-        if replicas == [self.node_name]:
+        if self.mesh is None:  # a single node: a dictionary access
             with self._span(S.KV_GET, key, SpanKind.INTERNAL, current=False) as span:
                 entry = self.store.get(key)
                 span.set_attribute(S.KV_FOUND, entry is not None)
                 return Read(entry, self.node_name)
-        need = min(self.read_quorum, len(replicas))
+        replicas = self._placement(key)
+        need = self.read_quorum
         with self._span(S.KV_GET, key, _kind(replicas, self.node_name), replicas, need) as span:
-            answers = await self._gather(replicas, need, lambda: self.store.entry(key),
-                                         lambda peer: self._ask_read(peer, key))
+            answers, _ = await self._gather(replicas, need, lambda: self.store.entry(key),
+                                            lambda peer: self._ask_read(peer, key))
             span.set_attribute(S.KV_ACKS, len(answers))
             if len(answers) < need:
                 raise Unavailable(f"only {len(answers)} of the {need} replicas a read needs answered "
@@ -95,30 +102,41 @@ class KV:
             return Read(live, source if live is not None else self.node_name)
 
     async def put(self, key: str, value: Any) -> Entry:
+        if self.mesh is None:
+            with self._span(S.KV_PUT, key, SpanKind.INTERNAL, current=False):
+                return self.store.put(key, value)
         entry = self.store.new_entry(key, value)
         await self._write(S.KV_PUT, entry)
         return entry
 
     async def delete(self, key: str) -> bool:
         """Write a tombstone; True when some replica held a live value."""
-        entry = self.store.new_entry(key, None, deleted=True)
-        return await self._write(S.KV_DELETE, entry)
+        if self.mesh is None:  # nothing to outlive: no tombstone for a key never there
+            with self._span(S.KV_DELETE, key, SpanKind.INTERNAL, current=False) as span:
+                found = self.store.delete(key) is not None
+                span.set_attribute(S.KV_FOUND, found)
+                return found
+        # In a cluster the tombstone is written even if this node never saw the key:
+        # a replica it cannot see may hold a value the delete must beat.
+        return await self._write(S.KV_DELETE, self.store.new_entry(key, None, deleted=True))
 
     async def _write(self, name: str, entry: Entry) -> bool:
         """Apply entry on its replicas; returns whether any had a live value before."""
         replicas = self._placement(entry.key)
-        need = min(self.write_quorum, len(replicas))
+        need = self.write_quorum
         kind = _kind(replicas, self.node_name)
-        with self._span(name, entry.key, kind, replicas if kind is SpanKind.CLIENT else None, need) as span:
+        with self._span(name, entry.key, kind, replicas, need) as span:
             wire = entry_to_json(entry)
-            answers = await self._gather(replicas, need, lambda: self._apply(entry),
-                                         lambda peer: self._ask_write(peer, wire))
-            if kind is SpanKind.CLIENT:
-                span.set_attribute(S.KV_ACKS, len(answers))
+            answers, failures = await self._gather(replicas, need, lambda: self._apply(entry),
+                                                   lambda peer: self._ask_write(peer, wire))
+            span.set_attribute(S.KV_ACKS, len(answers))
             found = any(answers.values())
             if entry.deleted:
                 span.set_attribute(S.KV_FOUND, found)
             if len(answers) < need:
+                full = [p for p, exc in failures.items() if isinstance(exc, ReplicaFull)]
+                if full:
+                    raise StoreFull(f"the store of replica {', '.join(full)} holds its limit of keys")
                 raise Unavailable(f"only {len(answers)} of the {need} replica acks a write needs arrived "
                                   f"within {self.request_timeout:g}s (replicas: {', '.join(replicas)}); "
                                   "the write may still reach some replicas")
@@ -132,15 +150,18 @@ class KV:
 
     # -- fan-out with a quorum and a deadline ---------------------------------
     def _placement(self, key: str) -> list[str]:
+        # Over every member, up or down (see server/cluster/membership.py): a node
+        # that cannot reach W of a key's replicas answers 503, even if it is alone.
         if self.mesh is None:
             return [self.node_name]
         return replicas_for(key, self.mesh.membership.placement_names(), self.replicas)
 
     async def _gather(self, replicas: list[str], need: int, local: Callable[[], T],
-                      ask: Callable[[str], Awaitable[T]]) -> dict[str, T]:
-        """Answers from replicas: local first, then remote ones until `need` or the deadline."""
+                      ask: Callable[[str], Awaitable[T]]) -> tuple[dict[str, T], dict[str, LinkError]]:
+        """Answers from replicas (local first, then remote ones) until `need` or the
+        deadline, and why the replicas that failed did."""
         answers: dict[str, T] = {}
-        failed: list[str] = []
+        failed: dict[str, LinkError] = {}
         enough = trio.Event()
 
         def settle() -> None:
@@ -156,7 +177,7 @@ class KV:
                 answers[peer] = await ask(peer)
             except LinkError as exc:
                 log.debug("kv: %s did not answer: %s", peer, exc)
-                failed.append(peer)
+                failed[peer] = exc
             settle()
 
         async with trio.open_nursery() as nursery:
@@ -166,7 +187,7 @@ class KV:
             with trio.move_on_after(self.request_timeout):
                 await enough.wait()
             nursery.cancel_scope.cancel()
-        return answers
+        return answers, failed
 
     async def _ask_read(self, peer: str, key: str) -> Entry | None:
         assert self.mesh is not None
@@ -177,6 +198,8 @@ class KV:
     async def _ask_write(self, peer: str, wire: dict[str, Any]) -> bool:
         assert self.mesh is not None
         body = await self.mesh.request(peer, KV_WRITE, {"entry": wire}, self.request_timeout)
+        if body.get("store_full"):
+            raise ReplicaFull(f"{peer}'s store is full")
         return bool(body.get("had_live"))
 
     def _repair(self, peer: str, entry: Entry) -> None:
@@ -197,7 +220,10 @@ class KV:
         entry = entry_from_json(message.body.get("entry"))
         name = S.KV_DELETE if entry.deleted else S.KV_PUT
         with self._span(name, entry.key, SpanKind.SERVER):
-            return {"had_live": self._apply(entry)}
+            try:
+                return {"had_live": self._apply(entry)}
+            except StoreFull:
+                return {"store_full": True}
 
     def _on_read(self, peer: str, message: Any) -> dict[str, Any]:
         key = message.body.get("key")
@@ -212,8 +238,15 @@ class KV:
         entries = message.body.get("entries")
         if not isinstance(entries, list):
             raise ValueError("kv.sync: entries must be a list")
-        changed = sum(self.store.merge(entry_from_json(raw)) for raw in entries)
-        return {"changed": changed}
+        changed = full = 0
+        for raw in entries:
+            try:
+                changed += self.store.merge(entry_from_json(raw))
+            except StoreFull:
+                full += 1  # counted, not fatal: the rest of the batch still merges
+        if full:
+            log.warning("kv: store full, %d synced entries from %s not kept", full, peer)
+        return {"changed": changed, "refused": full}
 
     # -- hand-off: restore the replica count when membership changes ----------
     def _on_membership(self, event: str, peer: str) -> None:
@@ -228,9 +261,16 @@ class KV:
             pass  # a pass is already queued; the next one covers this change too
 
     async def run_handoff(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hand-off passes on membership changes, and a full pass (anti-entropy) every
+        anti_entropy_interval: replicas that missed writes while unreachable, with no
+        membership change and no read to repair them, still catch up."""
         task_status.started()
+        interval = self.anti_entropy_interval or math.inf
         async with self._handoff_receive:
-            async for target in self._handoff_receive:
+            while True:
+                target: frozenset[str] | None = None  # None: every peer
+                with trio.move_on_after(interval):
+                    target = await self._handoff_receive.receive()
                 await trio.sleep(0.2)  # let a burst of membership changes settle into one pass
                 targets: set[str] | None = set(target) if target is not None else None
                 while True:  # fold queued passes into this one
