@@ -140,11 +140,14 @@ class Mesh:
         try:
             while address in self._targets():
                 linked = False
+                started = trio.current_time()
                 try:
                     linked = await self._dial(address)
                 except* _DIAL_FAILURES as group:
                     log.debug("cluster: dialing %s failed: %s", address, group.exceptions[0])
-                if linked:
+                if linked and trio.current_time() - started >= self.settings.heartbeat_interval:
+                    # The link lived: redial at once and start the backoff over. A link that
+                    # ended at once (e.g. the peer kept another one) counts as a failed dial.
                     delays = backoff_delays(0.1, self.settings.reconnect_max_backoff)
                 else:
                     delay = next(delays)
@@ -203,13 +206,14 @@ class Mesh:
     # -- accepting -------------------------------------------------------------
     async def _accept(self, request: WebSocketRequest) -> None:
         ws = await request.accept()
+        remote = _remote(ws)  # read now: a closed connection no longer knows its peer
         try:
             with trio.fail_after(self.settings.handshake_timeout):
                 peer = await self._handshake_listener(ws)
         except (auth.AuthError, trio.TooSlowError, ConnectionClosed) as exc:
             reason = str(exc) or ("handshake timed out" if isinstance(exc, trio.TooSlowError)
                                   else type(exc).__name__)
-            log.warning("cluster: refused a peer link from %s: %s", _remote(ws), reason)
+            log.warning("cluster: refused a peer link from %s: %s", remote, reason)
             with trio.move_on_after(1):
                 await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
             return
@@ -239,7 +243,9 @@ class Mesh:
         existing = self.links.get(peer)
         if existing is not None and not existing.closed.is_set():
             # Both sides dialed at once: keep the link dialed by the smaller name, on both ends.
-            if min(existing.dialer, dialer) == existing.dialer:
+            # The same dialer again has lost the old link (it only dials peers it has no link
+            # to: it restarted, or the connection died without a FIN): the new link wins.
+            if existing.dialer != dialer and min(existing.dialer, dialer) == existing.dialer:
                 with trio.move_on_after(1):
                     await ws.aclose(CLOSE_DUPLICATE, "duplicate link")
                 return

@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from server.cluster.links import LinkError
 from server.errors import RequestError, StoreFull, Unavailable
 from server.kv.placement import replicas_for
-from server.kv.store import Entry, Store, entry_from_json, entry_to_json
+from server.kv.store import Entry, Store, Version, entry_from_json, entry_to_json, version_from_json
 from tracing import spans as S
 
 if TYPE_CHECKING:
@@ -45,6 +45,17 @@ KV_WRITE = "kv.write"  # cluster message: apply this entry (put or tombstone)
 KV_READ = "kv.read"  # cluster message: send me your entry for key
 KV_SYNC = "kv.sync"  # cluster message: merge these entries (repair, handoff)
 SYNC_BATCH = 200
+
+
+MAX_RESTAMPS = 3
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a write did on one replica."""
+
+    had_live: bool  # a live value was there before
+    newer: Version | None  # the replica kept its own, newer version instead
 
 
 class ReplicaFull(LinkError):
@@ -105,9 +116,8 @@ class KV:
         if self.mesh is None:
             with self._span(S.KV_PUT, key, SpanKind.INTERNAL, current=False):
                 return self.store.put(key, value)
-        entry = self.store.new_entry(key, value)
-        await self._write(S.KV_PUT, entry)
-        return entry
+        written, _ = await self._write(S.KV_PUT, self.store.new_entry(key, value))
+        return written
 
     async def delete(self, key: str) -> bool:
         """Write a tombstone; True when some replica held a live value."""
@@ -118,35 +128,50 @@ class KV:
                 return found
         # In a cluster the tombstone is written even if this node never saw the key:
         # a replica it cannot see may hold a value the delete must beat.
-        return await self._write(S.KV_DELETE, self.store.new_entry(key, None, deleted=True))
+        _, found = await self._write(S.KV_DELETE, self.store.new_entry(key, None, deleted=True))
+        return found
 
-    async def _write(self, name: str, entry: Entry) -> bool:
-        """Apply entry on its replicas; returns whether any had a live value before."""
+    async def _write(self, name: str, entry: Entry) -> tuple[Entry, bool]:
+        """Apply entry on its replicas; returns the entry written (maybe re-stamped) and
+        whether any replica had a live value before."""
         replicas = self._placement(entry.key)
         need = self.write_quorum
         kind = _kind(replicas, self.node_name)
         with self._span(name, entry.key, kind, replicas, need) as span:
-            wire = entry_to_json(entry)
-            answers, failures = await self._gather(replicas, need, lambda: self._apply(entry),
-                                                   lambda peer: self._ask_write(peer, wire))
-            span.set_attribute(S.KV_ACKS, len(answers))
-            found = any(answers.values())
+            for attempt in range(MAX_RESTAMPS + 1):
+                wire = entry_to_json(entry)
+                answers, failures = await self._gather(
+                    replicas, need, lambda entry=entry: self._apply(entry),  # type: ignore[misc]
+                    lambda peer, wire=wire: self._ask_write(peer, wire))  # type: ignore[misc]
+                newer = [a.newer for a in answers.values() if a.newer is not None]
+                if not newer or attempt == MAX_RESTAMPS:
+                    break
+                # A replica holds a newer version than this one: stamped by a node whose
+                # clock runs ahead, maybe for a write acknowledged before this one began.
+                # Stamp again past it, so a write that starts after another one finished
+                # always wins; a write concurrent with this one may then lose to it.
+                self.store.clock.observe(max(newer).timestamp)
+                entry = self.store.new_entry(entry.key, entry.value, deleted=entry.deleted)
+            acks = sum(a.newer is None for a in answers.values())
+            span.set_attribute(S.KV_ACKS, acks)
+            found = any(a.had_live for a in answers.values())
             if entry.deleted:
                 span.set_attribute(S.KV_FOUND, found)
-            if len(answers) < need:
+            if acks < need:
                 full = [p for p, exc in failures.items() if isinstance(exc, ReplicaFull)]
                 if full:
                     raise StoreFull(f"the store of replica {', '.join(full)} holds its limit of keys")
-                raise Unavailable(f"only {len(answers)} of the {need} replica acks a write needs arrived "
+                raise Unavailable(f"only {acks} of the {need} replica acks a write needs arrived "
                                   f"within {self.request_timeout:g}s (replicas: {', '.join(replicas)}); "
                                   "the write may still reach some replicas")
-            return found
+            return entry, found
 
-    def _apply(self, entry: Entry) -> bool:
-        """Merge locally; True when a live value was there before."""
-        before = self.store.get(entry.key)
+    def _apply(self, entry: Entry) -> Applied:
+        """Merge locally: whether a live value was there, and any newer version kept."""
+        current = self.store.entry(entry.key)
         self.store.merge(entry)
-        return before is not None
+        newer = current.version if current is not None and current.version > entry.version else None
+        return Applied(current is not None and not current.deleted, newer)
 
     # -- fan-out with a quorum and a deadline ---------------------------------
     def _placement(self, key: str) -> list[str]:
@@ -195,12 +220,13 @@ class KV:
         raw = body.get("entry")
         return entry_from_json(raw) if raw is not None else None
 
-    async def _ask_write(self, peer: str, wire: dict[str, Any]) -> bool:
+    async def _ask_write(self, peer: str, wire: dict[str, Any]) -> Applied:
         assert self.mesh is not None
         body = await self.mesh.request(peer, KV_WRITE, {"entry": wire}, self.request_timeout)
         if body.get("store_full"):
             raise ReplicaFull(f"{peer}'s store is full")
-        return bool(body.get("had_live"))
+        newer = body.get("newer")
+        return Applied(bool(body.get("had_live")), version_from_json(newer) if newer is not None else None)
 
     def _repair(self, peer: str, entry: Entry) -> None:
         if peer == self.node_name:
@@ -221,9 +247,13 @@ class KV:
         name = S.KV_DELETE if entry.deleted else S.KV_PUT
         with self._span(name, entry.key, SpanKind.SERVER):
             try:
-                return {"had_live": self._apply(entry)}
+                applied = self._apply(entry)
             except StoreFull:
                 return {"store_full": True}
+            reply: dict[str, Any] = {"had_live": applied.had_live}
+            if applied.newer is not None:
+                reply["newer"] = applied.newer.to_json()
+            return reply
 
     def _on_read(self, peer: str, message: Any) -> dict[str, Any]:
         key = message.body.get("key")

@@ -112,12 +112,16 @@ def entry_from_json(raw: Any) -> Entry:
         raise ValueError("entry.key: must be a non-empty string")
     if not isinstance(deleted, bool):
         raise ValueError("entry.deleted: must be a boolean")
-    if not isinstance(version, dict):
-        raise ValueError("entry.version: must be an object")
-    wall, counter, writer = version.get("wall_ms"), version.get("counter"), version.get("writer")
+    return Entry(key, None if deleted else raw.get("value"), version_from_json(version), deleted)
+
+
+def version_from_json(raw: Any) -> Version:
+    """A version from a peer; ValueError naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("version: must be an object")
+    wall, counter, writer = raw.get("wall_ms"), raw.get("counter"), raw.get("writer")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (wall, counter)):
-        raise ValueError("entry.version: wall_ms and counter must be non-negative integers")
+        raise ValueError("version: wall_ms and counter must be non-negative integers")
     if not isinstance(writer, str) or not writer:
-        raise ValueError("entry.version.writer: must be a non-empty string")
-    return Entry(key, None if deleted else raw.get("value"),
-                 Version(Timestamp(wall, counter), writer), deleted)  # type: ignore[arg-type]
+        raise ValueError("version.writer: must be a non-empty string")
+    return Version(Timestamp(wall, counter), writer)  # type: ignore[arg-type]

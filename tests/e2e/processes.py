@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import trio
@@ -193,3 +193,105 @@ async def node_process(env: Mapping[str, str | None] | None = None, args: Sequen
     async with running_process([*NODE_COMMAND, *args], process_env(env)) as proc:
         await proc.read_listening_line(startup_timeout)
         yield proc
+
+
+# -- clusters of node processes ------------------------------------------------
+# Each node binds HTTP and cluster ports chosen by the OS (port 0): no window in
+# which another process could take a port picked for it. A node's cluster address
+# is read back from its own `/nodes?detail=1`.
+
+FAST_CLUSTER_TIMING: dict[str, str | None] = {
+    "WEBSERVER_HEARTBEAT_INTERVAL": "0.2",
+    "WEBSERVER_FAILURE_TIMEOUT": "1.5",
+    "WEBSERVER_CLUSTER_REQUEST_TIMEOUT": "2",
+}
+
+
+def cluster_node_env(secret: str, *, name: str, peers: Sequence[str] = (),
+                     extra: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
+    """Environment for one clustered node on loopback (feed it to `node_process`)."""
+    env: dict[str, str | None] = {
+        "WEBSERVER_NODE_NAME": name,
+        "WEBSERVER_CLUSTER_BIND": "127.0.0.1:0",
+        "WEBSERVER_CLUSTER_SECRET": secret,
+        **FAST_CLUSTER_TIMING,
+    }
+    if peers:
+        env["WEBSERVER_PEERS"] = ",".join(peers)
+    env.update(extra or {})
+    return env
+
+
+async def nodes_view(url: str, detail: bool = False) -> dict[str, Any]:
+    """`GET /nodes` (or `/nodes?detail=1`) of a node, as JSON."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+        r = await http.get("/nodes", params={"detail": "1"} if detail else None)
+    assert r.status_code == 200, (url, r.status_code, r.text)
+    body = r.json()
+    assert isinstance(body, dict), body
+    return body
+
+
+async def cluster_address_of(proc: ServerProcess) -> str:
+    """The cluster address a running clustered node advertises (its own entry, listed first)."""
+    members = (await nodes_view(proc.url, detail=True))["members"]
+    assert isinstance(members, list) and members, members
+    me = members[0]
+    assert isinstance(me, dict) and me.get("self") is True and me.get("name") == proc.node_name, members
+    address = me.get("cluster_address")
+    assert isinstance(address, str) and address, me
+    return address
+
+
+async def start_cluster(stack: AsyncExitStack, secret: str, names: Sequence[str],
+                        extra: Mapping[str, str | None] | None = None) -> list[ServerProcess]:
+    """Start one node process per name: the first alone, the others (concurrently)
+    with only the first one's cluster address as peer. Returns once all listen;
+    membership may not have converged yet (see `wait_converged`)."""
+    first = await stack.enter_async_context(
+        node_process(cluster_node_env(secret, name=names[0], extra=extra)))
+    seed = await cluster_address_of(first)
+    rest: list[ServerProcess | None] = [None] * (len(names) - 1)
+
+    async def start(i: int, name: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        # Entered in the test's exit stack, so they outlive this nursery.
+        task_status.started()
+        rest[i] = await stack.enter_async_context(
+            node_process(cluster_node_env(secret, name=name, peers=[seed], extra=extra)))
+
+    async with trio.open_nursery() as nursery:
+        for i, name in enumerate(names[1:]):
+            await nursery.start(start, i, name)
+    started = [first, *(p for p in rest if p is not None)]
+    assert len(started) == len(names)
+    return started
+
+
+async def wait_converged(nodes: Sequence[ServerProcess], timeout: float = 15.0) -> None:
+    """Until every node's `/nodes` lists exactly all of them, itself first."""
+    names = sorted(n.node_name for n in nodes)
+    last: dict[str, object] = {}
+    with trio.move_on_after(timeout):
+        while True:
+            views = [await nodes_view(n.url) for n in nodes]
+            last = {n.node_name: v["nodes"] for n, v in zip(nodes, views, strict=True)}
+            if all(isinstance(listed, list) and listed[:1] == [name] and sorted(listed) == names
+                   for name, listed in last.items()):
+                return
+            await trio.sleep(0.1)
+    raise AssertionError(f"membership did not converge within {timeout}s: {last}")
+
+
+async def terminate_all(nodes: Sequence[ServerProcess], timeout: float = STOP_TIMEOUT) -> dict[str, int]:
+    """SIGTERM every node still running, all at once; their exit codes by node name."""
+    codes: dict[str, int] = {}
+
+    async def stop(node: ServerProcess) -> None:
+        codes[node.node_name] = await node.terminate(timeout)
+
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            if node.returncode is None:
+                nursery.start_soon(stop, node)
+    return codes
