@@ -57,3 +57,15 @@ def test_encoding_matches_the_sdk_encoder() -> None:
 def test_empty_batch() -> None:
     assert OtlpTraceEncoder().encode([]) == b""
     assert ExportTraceServiceRequest.FromString(b"") == encode_spans([])
+
+
+def test_spans_encoded_as_they_end_give_the_same_request() -> None:
+    """What the node does: CountingBatchSpanProcessor queues `prepare(span)` (encoded on
+    the thread that ends the span); the export thread only groups and joins them."""
+    spans = _spans()
+    prepared = [OtlpTraceEncoder().prepare(span) for span in spans]
+    mixed = prepared[::2] + spans[1::2]  # both kinds may meet in one batch
+    request = ExportTraceServiceRequest.FromString(OtlpTraceEncoder().encode(prepared))
+    assert request == encode_spans(spans)
+    assert ExportTraceServiceRequest.FromString(OtlpTraceEncoder().encode(mixed)) == encode_spans(
+        spans[::2] + spans[1::2])

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -124,7 +125,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def __init__(self, exporter: SpanExporter, health: ExportHealth, *, max_queue_size: int,
                  schedule_delay_millis: int, max_export_batch_size: int,
-                 export_timeout_millis: int) -> None:
+                 export_timeout_millis: int,
+                 prepare: Callable[[ReadableSpan], Any] | None = None) -> None:
         super().__init__(exporter, max_queue_size=max_queue_size,
                          schedule_delay_millis=schedule_delay_millis,
                          max_export_batch_size=max_export_batch_size,
@@ -133,9 +135,15 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         # The SDK's queue (a bounded deque); read-only here, for its length.
         self._queue = getattr(self._batch_processor, "_queue", None)
         self._limit = max_queue_size
+        # The exporter's own encoding, run as each span ends instead of all at once
+        # on the export thread (tracing/otlp_exporter.py says why).
+        self._prepare = prepare
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._queue is not None and len(self._queue) >= self._limit:
-            self.health.span_dropped()
+            self.health.span_dropped()  # before encoding: a dead collector costs nothing more
             return
-        super().on_end(span)
+        if self._prepare is None:
+            super().on_end(span)
+        elif span.context is not None and span.context.trace_flags.sampled:
+            self._batch_processor.emit(self._prepare(span))

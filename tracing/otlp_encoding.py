@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -73,6 +73,14 @@ def _any_value(value: Any) -> bytes:
 def _key_value(key: str, value: Any) -> bytes:
     """KeyValue message body."""
     return _field(b"\x0a", key.encode("utf-8")) + _field(b"\x12", _any_value(value))
+
+
+class EncodedSpan(NamedTuple):
+    """A finished span already written as OTLP bytes, with what groups it in a request."""
+
+    body: bytes  # the Span message body
+    resource: Resource
+    scope: InstrumentationScope | None
 
 
 class OtlpTraceEncoder:
@@ -174,16 +182,20 @@ class OtlpTraceEncoder:
         parts.append(_FLAGS_REMOTE if _is_remote(parent) else _FLAGS_LOCAL)
         return b"".join(parts)
 
-    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+    def prepare(self, span: ReadableSpan) -> EncodedSpan:
+        return EncodedSpan(self.span(span), span.resource, span.instrumentation_scope or None)
+
+    def encode(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
         """An ExportTraceServiceRequest holding spans, grouped by resource and scope."""
         grouped: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
         resources: dict[int, Resource] = {}
         for span in spans:
+            if not isinstance(span, EncodedSpan):
+                span = self.prepare(span)
             resource = span.resource
             resources[id(resource)] = resource
             by_scope = grouped.setdefault(id(resource), {})
-            by_scope.setdefault(span.instrumentation_scope or None, []).append(
-                _field(b"\x12", self.span(span)))  # ScopeSpans.spans
+            by_scope.setdefault(span.scope, []).append(_field(b"\x12", span.body))  # ScopeSpans.spans
         out = []
         for resource_id, by_scope in grouped.items():
             resource = resources[resource_id]

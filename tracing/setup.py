@@ -173,6 +173,7 @@ def configure_tracing(
     inner = exporter if exporter is not None else make_otlp_exporter(cfg)
     provider.add_span_processor(CountingBatchSpanProcessor(
         HealthReportingExporter(inner, health), health,
+        prepare=getattr(inner, "prepare", None),
         max_queue_size=cfg.max_queue_size,
         schedule_delay_millis=cfg.schedule_delay_ms,
         max_export_batch_size=cfg.max_export_batch_size,
