@@ -145,6 +145,16 @@ async def converge(sim: SimCluster[Mesh], names: list[str], timeout: float = 30.
                             state=lambda: state(sim))
 
 
+async def start_star(sim: SimCluster[Mesh], count: int, **options: Any) -> list[str]:
+    """Start n1..n<count> as a star (see star()) and wait until they form a full mesh."""
+    names = node_names(count)
+    seeds = star(names)
+    for name in names:
+        await sim.start(name, peers=seeds[name], **options)
+    await converge(sim, names)
+    return names
+
+
 @dataclass
 class Events:
     """Membership announcements as (simulated time, observer, event, peer)."""
@@ -301,12 +311,8 @@ async def test_own_address_as_seed_is_dropped_and_a_duplicate_name_is_reported(
 @pytest.mark.parametrize("power_loss", [False, True], ids=["process", "power"])
 async def test_crashed_node_is_marked_down_after_failure_timeout_and_comes_back_up(
         autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh], power_loss: bool) -> None:
-    names = node_names(3)
     events = Events()
-    seeds = star(names)
-    for name in names:
-        await sim.start(name, peers=seeds[name], setup=events.setup)
-    await converge(sim, names)
+    names = await start_star(sim, 3, setup=events.setup)
     survivors = ["n1", "n2"]
 
     crashed_at = trio.current_time()
@@ -340,11 +346,7 @@ async def test_crashed_node_is_marked_down_after_failure_timeout_and_comes_back_
 
 async def test_node_rebooted_after_power_loss_rejoins_without_a_reconnect_storm(
         autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh]) -> None:
-    names = node_names(3)
-    seeds = star(names)
-    for name in names:
-        await sim.start(name, peers=seeds[name])
-    await converge(sim, names)
+    names = await start_star(sim, 3)
     await sim.crash("n3", power_loss=True)  # no FIN, no RST: n1 and n2 keep their links to it
     await trio.sleep(HB)
     assert sees(sim, ["n1", "n2"], ["n3"], Status.UP) and all("n3" in sim[n].links for n in ("n1", "n2"))
@@ -356,12 +358,8 @@ async def test_node_rebooted_after_power_loss_rejoins_without_a_reconnect_storm(
 
 async def test_majority_removes_a_long_dead_member_and_readmits_it(
         autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh]) -> None:
-    names = node_names(3)
     events = Events()
-    seeds = star(names)
-    for name in names:
-        await sim.start(name, peers=seeds[name], setup=events.setup)
-    await converge(sim, names)
+    names = await start_star(sim, 3, setup=events.setup)
     crashed_at = trio.current_time()
     await sim.crash("n3")
     await wait_until(lambda: all("n3" not in sim[n].membership.members for n in ("n1", "n2")),
@@ -493,12 +491,8 @@ def echo_setup(seen: Seen) -> Callable[[Mesh], None]:
 
 async def test_request_reply_errors_and_trace_context(
         autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh]) -> None:
-    names = node_names(3)
     seen: Seen = []
-    seeds = star(names)
-    for name in names:
-        await sim.start(name, peers=seeds[name], setup=echo_setup(seen))
-    await converge(sim, names)
+    names = await start_star(sim, 3, setup=echo_setup(seen))
     n1 = sim["n1"]
 
     # a plain request, outside any span: no trace context travels
@@ -551,12 +545,8 @@ async def _timed_request(mesh: Mesh, peer: str, within_s: float) -> tuple[float,
 
 async def test_requests_to_a_partitioned_peer_fail_within_the_deadline(
         autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh]) -> None:
-    names = node_names(3)
     seen: Seen = []
-    seeds = star(names)
-    for name in names:
-        await sim.start(name, peers=seeds[name], setup=echo_setup(seen))
-    await converge(sim, names)
+    names = await start_star(sim, 3, setup=echo_setup(seen))
     n1 = sim["n1"]
     net = sim.network
 

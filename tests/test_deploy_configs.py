@@ -237,17 +237,13 @@ def test_dockerfile_essentials() -> None:
     shutil.which("docker-compose") is None,
     reason="docker-compose not on PATH (install it with .ci/install-system-deps)",
 )
+def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker-compose", *args], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_docker_compose_config_validates() -> None:
-    env = os.environ | {"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET}
-    result = subprocess.run(
-        ["docker-compose", "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _compose("config", "-q", env=os.environ | {"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET})
     assert result.returncode == 0, result.stderr
 
 
@@ -259,14 +255,6 @@ def test_docker_compose_requires_the_cluster_secret(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "WEBSERVER_CLUSTER_SECRET"}
     empty = tmp_path / "empty.env"  # instead of any .env a developer keeps the secret in
     empty.write_text("", encoding="utf-8")
-    result = subprocess.run(
-        ["docker-compose", "--env-file", str(empty), "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _compose("--env-file", str(empty), "config", "-q", env=env)
     assert result.returncode != 0
     assert "set WEBSERVER_CLUSTER_SECRET" in result.stderr, result.stderr
