@@ -17,6 +17,7 @@ from server.http.routes import api, json_response
 from server.http.ws import websocket_endpoint
 from tracing import spans as S
 from tracing.http import ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
+from tracing.http_metrics import ROUTE_KEY, HttpMetricsMiddleware
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -36,7 +37,9 @@ def create_app(node: Node) -> QuartTrio:
     async def name_span() -> None:
         rule = request.url_rule
         if rule is not None:
-            name_span_for_route(request.method, templates.get(rule.rule) or S.route_template(rule.rule))
+            template = templates.get(rule.rule) or S.route_template(rule.rule)
+            request.scope[ROUTE_KEY] = template  # type: ignore[literal-required]  # metrics, tracing or not
+            name_span_for_route(request.method, template)
 
     @app.errorhandler(RequestError)
     async def request_error(exc: RequestError) -> Response:
@@ -67,7 +70,7 @@ def create_app(node: Node) -> QuartTrio:
 def create_asgi(node: Node, quart_app: QuartTrio | None = None) -> ASGIApp:
     """The whole ASGI application: /ws to our endpoint, HTTP through tracing to Quart."""
     quart = quart_app or create_app(node)
-    http = TracingMiddleware(quart, node.tracer)  # type: ignore[arg-type]
+    http = TracingMiddleware(HttpMetricsMiddleware(quart, node.metrics), node.tracer)  # type: ignore[arg-type]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

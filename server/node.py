@@ -32,6 +32,7 @@ from server.kv.service import KV
 from server.kv.store import Store
 from server.settings import Settings
 from tracing.lean import tracer_for
+from tracing.metrics import Metrics, MetricsHandle, make_meter_provider
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +40,28 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, settings: Settings, *, name: str, tracer_provider: trace.TracerProvider,
                  http_url: str = "", transport: Transport | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, metrics: MetricsHandle | None = None) -> None:
         self.settings = settings
         self.name = name
         self.http_url = http_url
         self.tracer = tracer_for(tracer_provider, "webserver")
+        # Metrics always have at least the Prometheus reader behind GET /metrics.
+        self.metrics_handle = metrics or make_meter_provider()
+        self.metrics = Metrics(self.metrics_handle.provider.get_meter("webserver"))
         self.store = Store(name, max_keys=settings.max_keys)
         self.kv = KV(self.store, self.tracer, replicas=settings.replicas,
                      write_quorum=settings.write_quorum, read_quorum=settings.read_quorum,
                      request_timeout=settings.cluster_request_timeout,
-                     anti_entropy_interval=settings.anti_entropy_interval)
+                     anti_entropy_interval=settings.anti_entropy_interval, metrics=self.metrics)
         self.hub = Hub(node_name=name, tracer=self.tracer, history_size=settings.history_size,
                        max_rooms=settings.max_rooms,
                        max_rooms_per_connection=settings.max_rooms_per_connection,
                        queue_size=settings.broadcast_queue_size,
-                       publish_timeout=settings.slow_consumer_timeout)
+                       publish_timeout=settings.slow_consumer_timeout, metrics=self.metrics)
         self.mesh: Mesh | None = None
         if settings.clustered:
-            self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport, rng=rng)
+            self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport, rng=rng,
+                             metrics=self.metrics)
             self.kv.attach(self.mesh)
             self.hub.cluster = ClusterChat(self.hub, self.mesh,
                                            history_timeout=min(1.0, settings.cluster_request_timeout))
@@ -140,7 +145,7 @@ ProviderFactory = Callable[[str], trace.TracerProvider]
 
 
 async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider | ProviderFactory, *,
-                     transport: Transport | None = None,
+                     transport: Transport | None = None, metrics: MetricsHandle | None = None,
                      task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one node until `RunningNode.stop()`; started() hands back the running node.
 
@@ -155,7 +160,8 @@ async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider |
     provider = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
-    node = Node(settings, name=name, tracer_provider=provider, http_url=url, transport=transport)
+    node = Node(settings, name=name, tracer_provider=provider, http_url=url, transport=transport,
+                metrics=metrics)
     config = hypercorn_config(settings)
     config.bind = [f"fd://{sock.fileno()}"]
     stop = trio.Event()

@@ -15,6 +15,7 @@ import trio
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.node import RunningNode
 from tests.harness import json_client, start_node
@@ -88,6 +89,12 @@ async def test_every_node_lists_every_member_self_first(cluster: list[Member]) -
         detail = (await m.http.get("/nodes?detail=1")).json()["members"]
         assert [d["status"] for d in detail] == ["up"] * 3
         assert all(d["cluster_address"] and d["http_url"] for d in detail)
+        scrape = {f.name: f for f in text_string_to_metric_families((await m.http.get("/metrics")).text)}
+        members = {s.labels["status"]: s.value for s in scrape["webserver_cluster_members"].samples}
+        assert members == {"up": 3.0, "down": 0.0}
+        heartbeats = [s for s in scrape["webserver_cluster_link_messages"].samples
+                      if s.labels.get("message_type") == "heartbeat" and s.name.endswith("_total")]
+        assert {s.labels["direction"] for s in heartbeats} == {"in", "out"}
 
 
 async def test_a_write_on_one_node_is_read_on_every_node(cluster: list[Member]) -> None:

@@ -29,6 +29,7 @@ from tracing import spans as S
 
 if TYPE_CHECKING:
     from server.chat.cluster_chat import ClusterChat
+    from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class HubStats:
 class Hub:
     def __init__(self, *, node_name: str, tracer: trace.Tracer, history_size: int,
                  max_rooms: int, max_rooms_per_connection: int, queue_size: int,
-                 publish_timeout: float) -> None:
+                 publish_timeout: float, metrics: Metrics | None = None) -> None:
         self.node_name = node_name
         self.tracer = tracer
         self.rooms = Rooms(history_size=history_size, max_rooms=max_rooms, node_name=node_name)
@@ -73,6 +74,7 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.stats = HubStats()
         self.cluster: ClusterChat | None = None
+        self.metrics = metrics
         self._send, self._receive = trio.open_memory_channel[_Broadcast](queue_size)
 
     # -- connections ---------------------------------------------------------
@@ -242,7 +244,13 @@ class Hub:
                 delivered += sum(targets[n] for n in forwarded)  # as this node knows them
             span.set_attribute(S.CHAT_RECIPIENTS, delivered)
             span.set_attribute(S.CHAT_DROPPED, dropped)
-            span.set_attribute(S.CHAT_DURATION_US, (time.perf_counter_ns() - started) // 1000)
+            elapsed_ns = time.perf_counter_ns() - started
+            span.set_attribute(S.CHAT_DURATION_US, elapsed_ns // 1000)
+            if self.metrics is not None:
+                self.metrics.chat_duration.record(elapsed_ns / 1e9)
+                self.metrics.chat_recipients.record(delivered)
+                if dropped:
+                    self.metrics.chat_dropped.add(dropped)
 
     def _fan_out_presence(self, room_name: str, presence: dict[str, Any],
                           exclude: Connection | None) -> None:

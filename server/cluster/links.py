@@ -45,11 +45,13 @@ class _Pending:
 
 class PeerLink:
     def __init__(self, ws: WebSocketConnection, *, peer: str, dialer: str, queue_size: int,
-                 dispatch: Callable[[PeerLink, Message], None]) -> None:
+                 dispatch: Callable[[PeerLink, Message], None],
+                 on_send: Callable[[Message], None] | None = None) -> None:
         self.ws = ws
         self.peer = peer
         self.dialer = dialer  # who dialed: decides which of two duplicate links survives
         self._dispatch = dispatch
+        self._on_send = on_send
         self._send, self._receive = trio.open_memory_channel[str](queue_size)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -62,6 +64,8 @@ class PeerLink:
             return False
         try:
             self._send.send_nowait(message.encode())
+            if self._on_send is not None:
+                self._on_send(message)
             return True
         except trio.WouldBlock:
             self.close(CLOSE_OVERLOADED, "peer link outbox full")

@@ -38,10 +38,11 @@ from server.cluster.links import (
     backoff_delays,
 )
 from server.cluster.membership import Membership, Status
-from server.cluster.protocol import Message
+from server.cluster.protocol import REPLY, Message
 from server.cluster.transport import TcpTransport, Transport
 from server.settings import Settings
 from tracing import propagation
+from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ MembershipListener = Callable[[str, str], None]
 
 class Mesh:
     def __init__(self, settings: Settings, *, node_name: str, http_url: str,
-                 transport: Transport | None = None, rng: random.Random | None = None) -> None:
+                 transport: Transport | None = None, rng: random.Random | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.name = node_name
         self.http_url = http_url
@@ -70,6 +72,11 @@ class Mesh:
         self._dialing: set[str] = set()
         self._wake_dialer = trio.Event()
         self.address = ""
+        self.metrics = metrics
+        self._linked_before: set[str] = set()
+        if metrics is not None:
+            metrics.observe("webserver.cluster.members", "{node}",
+                            "Cluster members by status, self included.", self._member_counts)
 
     # -- what the node's services use ----------------------------------------
     def on(self, kind: str, handler: Handler) -> None:
@@ -239,7 +246,7 @@ class Mesh:
     async def _serve_link(self, ws: WebSocketConnection, peer: str, address: str, url: str, *,
                           dialer: str) -> None:
         link = PeerLink(ws, peer=peer, dialer=dialer, queue_size=self.settings.link_queue_size,
-                        dispatch=self._dispatch)
+                        dispatch=self._dispatch, on_send=self._count_out)
         existing = self.links.get(peer)
         if existing is not None and not existing.closed.is_set():
             # Both sides dialed at once: keep the link dialed by the smaller name, on both ends.
@@ -251,6 +258,9 @@ class Mesh:
                 return
             existing.close(CLOSE_DUPLICATE, "duplicate link")
         self.links[peer] = link
+        if peer in self._linked_before and self.metrics is not None:
+            self.metrics.link_reconnects.add(1)
+        self._linked_before.add(peer)
         if not self._seen(peer, address, url):
             # Already up: it restarted (or relinked) within failure_timeout. Listeners
             # still need to know, to resend room snapshots and hand keys off.
@@ -263,7 +273,18 @@ class Mesh:
                 del self.links[peer]
             self._wake_dialer.set()
 
+    def _count_out(self, message: Message) -> None:
+        # Requests and one-way messages, like the incoming side (replies are not dispatched).
+        if self.metrics is not None and message.type != REPLY:
+            self.metrics.link_messages.add(1, {"direction": "out", "message.type": message.type})
+
+    def _member_counts(self) -> dict[tuple[tuple[str, str], ...], float]:
+        up = len(self.membership.up_names())
+        return {(("status", "up"),): up, (("status", "down"),): len(self.membership.members) + 1 - up}
+
     def _dispatch(self, link: PeerLink, message: Message) -> None:
+        if self.metrics is not None:
+            self.metrics.link_messages.add(1, {"direction": "in", "message.type": message.type})
         member = self.membership.members.get(link.peer)
         self._seen(link.peer, member.cluster_address if member else "", "")
         handler = self.handlers.get(message.type)

@@ -48,6 +48,9 @@ def openapi_document() -> dict[str, Any]:
             "/nodes": {"get": {"summary": "Live cluster members, this node first", "responses": {
                 "200": _json({"type": "object", "properties": {"nodes": {
                     "type": "array", "items": {"type": "string"}}}}, "Node names (name@host:port)")}}},
+            "/metrics": {"get": {"summary": "Prometheus scrape of this node's metrics", "responses": {
+                "200": {"description": "Prometheus text exposition format 0.0.4 (names in README)",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/kv": {"post": {
                 "summary": "Store a string value (the original's write)",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {

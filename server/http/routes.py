@@ -52,6 +52,16 @@ async def health() -> Response:
                           "connections": len(n.hub.connections)})
 
 
+@api.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text format, from the node's own registry (collected on this thread:
+    a scrape every few seconds is a few hundred microseconds of work)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    body = generate_latest(node().metrics_handle.registry)
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+
 @api.get("/nodes")
 async def nodes() -> Response:
     """The original's shape: live members, self first. `?detail=1` adds `members`:

@@ -34,6 +34,7 @@ from server.chat.hub import Hub, encode
 from server.errors import RequestError
 from server.http.ws_protocol import JsonSession, error_frame, parse_request
 from server.validation import check_text, check_username
+from tracing import spans as S
 from tracing.websocket import ConnectionSpans
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ SUBPROTOCOL = "webserver.v1"
 DEFAULT_ROOM = "default"
 # Frames the writer sends as one batch frame at most (JSON protocol).
 MAX_BATCH = 64
+_OUT = {"direction": "out"}
 
 Scope = dict[str, Any]
 
@@ -107,11 +109,13 @@ class WebSocketSession:
             attributes={"websocket.subprotocol": conn.protocol.value,
                         "websocket.username": conn.username})
         self.json = JsonSession(conn, node.hub, node.kv, node.settings)
+        self._protocol_attr = {S.WS_SUBPROTOCOL: conn.protocol.value}
 
     async def run(self, accept: dict[str, Any]) -> None:
         error: BaseException | None = None
         try:
             self.hub.add(self.conn)
+            self.node.metrics.ws_connections.add(1, self._protocol_attr)
             if self.conn.protocol is Protocol.TEXT:
                 await self.hub.sync_history(DEFAULT_ROOM)
                 # In `default` before the handshake completes, so a client never
@@ -135,6 +139,7 @@ class WebSocketSession:
                                  "reason": "internal server error"})
         finally:
             self.hub.remove(self.conn)
+            self.node.metrics.ws_connections.add(-1, self._protocol_attr)
             self.conn.outbox.close()
             self.spans.closed(self.close_code, error)
 
@@ -167,6 +172,7 @@ class WebSocketSession:
                 return
 
     async def _plain(self, text: str, size: int) -> None:
+        self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: "text"})
         with self.spans.message("text", size):
             try:
                 check_text(text, self.node.settings.max_chat_text_bytes)
@@ -178,9 +184,11 @@ class WebSocketSession:
         try:
             kind, request = parse_request(text)
         except RequestError as exc:
+            self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: "invalid"})
             with self.spans.message("invalid", size):
                 await self.conn.send_reply(error_frame(exc, None, None))
             return
+        self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: kind})
         with self.spans.message(kind, size):
             try:
                 reply = await self.json.handle(kind, request)
@@ -211,6 +219,8 @@ class WebSocketSession:
             else:
                 for frame in frames:
                     await self.send({"type": "websocket.send", "text": frame})
+            if frames:
+                self.node.metrics.ws_messages.add(len(frames), _OUT)
             conn.mark_drained()
             if conn.close_request is not None:
                 break

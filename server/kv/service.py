@@ -37,6 +37,7 @@ from tracing import spans as S
 
 if TYPE_CHECKING:
     from server.cluster.mesh import Mesh
+    from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,7 +72,7 @@ class Read:
 class KV:
     def __init__(self, store: Store, tracer: trace.Tracer, *, replicas: int = 3, write_quorum: int = 2,
                  read_quorum: int = 2, request_timeout: float = 2.0,
-                 anti_entropy_interval: float = 0.0) -> None:
+                 anti_entropy_interval: float = 0.0, metrics: Metrics | None = None) -> None:
         self.store = store
         self.tracer = tracer
         self.replicas = replicas
@@ -79,6 +80,7 @@ class KV:
         self.read_quorum = read_quorum
         self.request_timeout = request_timeout
         self.anti_entropy_interval = anti_entropy_interval
+        self.metrics = metrics
         self.mesh: Mesh | None = None
         self._handoff_send, self._handoff_receive = trio.open_memory_channel[frozenset[str] | None](64)
 
@@ -91,7 +93,7 @@ class KV:
         if self.mesh is None:  # a single node: a dictionary access
             with self._span(S.KV_GET, key, SpanKind.INTERNAL, current=False) as span:
                 entry = self.store.get(key)
-                span.set_attribute(S.KV_FOUND, entry is not None)
+                span.found(entry is not None)
                 return Read(entry, self.node_name)
         replicas = self._placement(key)
         need = self.read_quorum
@@ -109,7 +111,7 @@ class KV:
                 self._repair(peer, newest)  # type: ignore[arg-type]
             span.set_attribute(S.KV_REPAIRED, len(stale))
             live = newest if newest is not None and not newest.deleted else None
-            span.set_attribute(S.KV_FOUND, live is not None)
+            span.found(live is not None)
             return Read(live, source if live is not None else self.node_name)
 
     async def put(self, key: str, value: Any) -> Entry:
@@ -124,7 +126,7 @@ class KV:
         if self.mesh is None:  # nothing to outlive: no tombstone for a key never there
             with self._span(S.KV_DELETE, key, SpanKind.INTERNAL, current=False) as span:
                 found = self.store.delete(key) is not None
-                span.set_attribute(S.KV_FOUND, found)
+                span.found(found)
                 return found
         # In a cluster the tombstone is written even if this node never saw the key:
         # a replica it cannot see may hold a value the delete must beat.
@@ -156,7 +158,7 @@ class KV:
             span.set_attribute(S.KV_ACKS, acks)
             found = any(a.had_live for a in answers.values())
             if entry.deleted:
-                span.set_attribute(S.KV_FOUND, found)
+                span.found(found)
             if acks < need:
                 full = [p for p, exc in failures.items() if isinstance(exc, ReplicaFull)]
                 if full:
@@ -261,7 +263,7 @@ class KV:
             raise ValueError("kv.read: key must be a string")
         with self._span(S.KV_GET, key, SpanKind.SERVER) as span:
             entry = self.store.entry(key)
-            span.set_attribute(S.KV_FOUND, entry is not None and not entry.deleted)
+            span.found(entry is not None and not entry.deleted)
             return {"entry": entry_to_json(entry) if entry is not None else None}
 
     def _on_sync(self, peer: str, message: Any) -> dict[str, Any]:
@@ -340,34 +342,55 @@ class KV:
         if replicas is not None:
             attrs[S.KV_REPLICAS] = len(replicas)
             attrs[S.KV_QUORUM] = need or 0
-        return _KVSpan(self.tracer.start_span(name, kind=kind, attributes=attrs), current)
+        # The metric counts operations clients asked for, not each replica's share.
+        metrics = self.metrics if kind is not SpanKind.SERVER else None
+        return _KVSpan(self.tracer.start_span(name, kind=kind, attributes=attrs), current,
+                       name.removeprefix("kv."), metrics)
 
 
 class _KVSpan:
     """A kv span around a block: made current when peers are asked (their spans are
-    its children), duration recorded, an unreachable quorum or a fault as ERROR, a
-    client's mistake (4xx) left unset."""
+    its children), duration recorded (span and metric), an unreachable quorum or a
+    fault as ERROR, a client's mistake (4xx) left unset."""
 
-    def __init__(self, span: trace.Span, current: bool) -> None:
+    def __init__(self, span: trace.Span, current: bool, operation: str,
+                 metrics: Metrics | None) -> None:
         self.span = span
         self._use = trace.use_span(span, end_on_exit=False, record_exception=False,
                                    set_status_on_exception=False) if current else None
+        self._operation = operation
+        self._metrics = metrics
+        self._found: bool | None = None
 
-    def __enter__(self) -> trace.Span:
+    def __enter__(self) -> _KVSpan:
         self._started = time.perf_counter_ns()
         if self._use is not None:
             self._use.__enter__()
-        return self.span
+        return self
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.span.set_attribute(key, value)
+
+    def found(self, value: bool) -> None:
+        self._found = value
+        self.span.set_attribute(S.KV_FOUND, value)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         try:
+            outcome = "not_found" if self._found is False else "ok"
             if isinstance(exc, RequestError):
+                outcome = {503: "quorum_failure", 507: "store_full"}.get(exc.status, "error")
                 if exc.status == 503:
                     self.span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
             elif isinstance(exc, Exception):
+                outcome = "error"
                 S.fail(self.span, exc)
-            self.span.set_attribute(S.KV_DURATION_US, (time.perf_counter_ns() - self._started) // 1000)
+            elapsed_ns = time.perf_counter_ns() - self._started
+            self.span.set_attribute(S.KV_DURATION_US, elapsed_ns // 1000)
             self.span.end()
+            if self._metrics is not None and (exc is None or isinstance(exc, Exception)):
+                self._metrics.kv_duration.record(elapsed_ns / 1e9, {
+                    "kv.operation": self._operation, "kv.outcome": outcome})
         finally:
             if self._use is not None:
                 self._use.__exit__(kind, exc, tb)

@@ -1,0 +1,101 @@
+"""The node's metrics: OpenTelemetry instruments, read two ways at once.
+
+A Prometheus reader on a registry of the node's own serves `GET /metrics`; when
+telemetry export is on, a periodic reader also pushes OTLP to the traces'
+endpoint (its exporter runs on the reader's own thread). Names follow the
+stable HTTP semantic conventions where one exists, `webserver.*` otherwise;
+Prometheus sees them with dots as underscores, the unit as a suffix and
+`_total` on counters (`http_server_request_duration_seconds`,
+`webserver_websocket_messages_total`).
+
+Histograms keep exemplars (trace and span id of a sampled span current when the
+value was recorded) with the SDK's default trace-based filter; they travel with
+OTLP (the text scrape format has no exemplars).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
+
+# The HTTP semantic conventions' advisory buckets for request durations, seconds.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+RECIPIENT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+Counts = Callable[[], Mapping[tuple[tuple[str, str], ...], float]]
+
+
+@dataclass
+class MetricsHandle:
+    """What a node holds: the provider (to shut down) and the registry `/metrics` renders."""
+
+    provider: MeterProvider
+    registry: CollectorRegistry
+
+
+def make_meter_provider(resource: Resource | None = None, *,
+                        extra_readers: Iterable[MetricReader] = ()) -> MetricsHandle:
+    """A provider with a Prometheus reader on a registry of its own (plus extra readers:
+    the OTLP periodic reader, or an in-memory one in tests)."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    registry = CollectorRegistry()
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *extra_readers]
+    provider = SdkMeterProvider(metric_readers=readers, resource=resource or Resource.create({}),
+                                shutdown_on_exit=False)
+    return MetricsHandle(provider, registry)
+
+
+class Metrics:
+    """Every instrument the node records into; cheap to call on hot paths."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.http_duration = meter.create_histogram(
+            "http.server.request.duration", unit="s", description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.http_active = meter.create_up_down_counter(
+            "http.server.active_requests", unit="{request}",
+            description="Number of active HTTP server requests.")
+        self.ws_connections = meter.create_up_down_counter(
+            "webserver.websocket.connections", unit="{connection}", description="Open WebSocket connections.")
+        self.ws_messages = meter.create_counter(
+            "webserver.websocket.messages", unit="{message}",
+            description="WebSocket messages, by direction (in, out) and type.")
+        self.chat_duration = meter.create_histogram(
+            "webserver.chat.broadcast.duration", unit="s", description="Time to fan one chat message out.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.chat_recipients = meter.create_histogram(
+            "webserver.chat.recipients", unit="{recipient}", description="Members one chat message reached.",
+            explicit_bucket_boundaries_advisory=list(RECIPIENT_BUCKETS))
+        self.chat_dropped = meter.create_counter(
+            "webserver.chat.dropped", unit="{message}",
+            description="Messages dropped for slow consumers (their queue was full).")
+        self.kv_duration = meter.create_histogram(
+            "webserver.kv.operation.duration", unit="s",
+            description="KV operations by operation and outcome "
+                        "(ok, not_found, quorum_failure, store_full, error).",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS))
+        self.link_messages = meter.create_counter(
+            "webserver.cluster.link.messages", unit="{message}",
+            description="Messages on peer links, by direction and message type.")
+        self.link_reconnects = meter.create_counter(
+            "webserver.cluster.link.reconnects", unit="{link}",
+            description="Peer links established again after one to the same peer ended.")
+
+    def observe(self, name: str, unit: str, description: str, counts: Counts, *,
+                counter: bool = False) -> None:
+        """An asynchronous gauge (or monotonic counter) read from `counts` at collection."""
+        def callback(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value, dict(attrs)) for attrs, value in counts().items()]
+
+        if counter:
+            self.meter.create_observable_counter(name, [callback], unit=unit, description=description)
+        else:
+            self.meter.create_observable_gauge(name, [callback], unit=unit, description=description)
