@@ -10,7 +10,6 @@ import sys
 from functools import partial
 
 import trio
-from opentelemetry.trace import TracerProvider
 
 from server.errors import ConfigError
 from server.local_cluster import (
@@ -49,13 +48,13 @@ async def run(settings: Settings) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         telemetries: list[Telemetry] = []
 
-        def make_provider(node_name: str) -> TracerProvider:
+        def make_telemetry(node_name: str) -> Telemetry:
             telemetries.append(configure_tracing(settings.telemetry_config, node_name))
-            return telemetries[-1].provider
+            return telemetries[-1]
 
         try:
             async with trio.open_nursery() as nursery:
-                running = await nursery.start(partial(serve_node, settings, make_provider))
+                running = await nursery.start(partial(serve_node, settings, make_telemetry))
                 tune_gc(settings.gc_thresholds)
                 log.info("node %s serving on %s", running.node.name, running.url)
                 print(f"webserver node {running.node.name} listening on {running.url}", flush=True)
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)
     failed = False
     try:
         trio.run(run, settings)

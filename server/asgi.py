@@ -22,12 +22,12 @@ from tracing.setup import configure_tracing
 log = logging.getLogger("server.asgi")
 
 settings = load_settings()
-setup_logging(settings.log_level)
+setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)
 _name = settings.node_name or default_node_name(settings.host, settings.port)
 telemetry = configure_tracing(settings.telemetry_config, _name)
 _host = f"[{settings.host}]" if ":" in settings.host else settings.host
 node = Node(settings, name=_name, tracer_provider=telemetry.provider,
-            http_url=f"http://{_host}:{settings.port}")
+            http_url=f"http://{_host}:{settings.port}", telemetry=telemetry)
 _quart = create_app(node)
 _services = trio.CancelScope()
 

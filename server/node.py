@@ -32,7 +32,8 @@ from server.kv.service import KV
 from server.kv.store import Store
 from server.settings import Settings
 from tracing.lean import tracer_for
-from tracing.metrics import Metrics, MetricsHandle, make_meter_provider
+from tracing.metrics import Metrics, MetricsHandle, make_meter_provider, observe_export_health
+from tracing.setup import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 class Node:
     def __init__(self, settings: Settings, *, name: str, tracer_provider: trace.TracerProvider,
                  http_url: str = "", transport: Transport | None = None,
-                 rng: random.Random | None = None, metrics: MetricsHandle | None = None) -> None:
+                 rng: random.Random | None = None, metrics: MetricsHandle | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.settings = settings
         self.name = name
         self.http_url = http_url
@@ -48,6 +50,9 @@ class Node:
         # Metrics always have at least the Prometheus reader behind GET /metrics.
         self.metrics_handle = metrics or make_meter_provider()
         self.metrics = Metrics(self.metrics_handle.provider.get_meter("webserver"))
+        self.telemetry = telemetry
+        if telemetry is not None and telemetry.health is not None:
+            observe_export_health(self.metrics, telemetry.health)
         self.store = Store(name, max_keys=settings.max_keys)
         self.kv = KV(self.store, self.tracer, replicas=settings.replicas,
                      write_quorum=settings.write_quorum, read_quorum=settings.read_quorum,
@@ -141,7 +146,8 @@ class RunningNode:
             self.node.begin_shutdown()
 
 
-ProviderFactory = Callable[[str], trace.TracerProvider]
+# Given the node's name; a Telemetry also gives /debug/telemetry its figures.
+ProviderFactory = Callable[[str], "trace.TracerProvider | Telemetry"]
 
 
 async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider | ProviderFactory, *,
@@ -157,11 +163,13 @@ async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider |
     sock = bind_socket(settings)
     host, port = sock.getsockname()[:2]
     name = settings.node_name or default_node_name(host, port)
-    provider = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)
+    made = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)
+    telemetry = made if isinstance(made, Telemetry) else None
+    provider = made.provider if isinstance(made, Telemetry) else made
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     node = Node(settings, name=name, tracer_provider=provider, http_url=url, transport=transport,
-                metrics=metrics)
+                metrics=metrics, telemetry=telemetry)
     config = hypercorn_config(settings)
     config.bind = [f"fd://{sock.fileno()}"]
     stop = trio.Event()

@@ -12,22 +12,30 @@ import trio
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from server.node import RunningNode, serve_node
 from server.settings import load_settings
 
 
-def make_provider(exporter: InMemorySpanExporter) -> TracerProvider:
-    provider = TracerProvider(shutdown_on_exit=False)
+def make_provider(exporter: InMemorySpanExporter, sampler: Sampler | None = None) -> TracerProvider:
+    """sampler: None is the SDK's choice (OTEL_TRACES_SAMPLER, else parent-based always-on)."""
+    provider = TracerProvider(shutdown_on_exit=False, sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
 
 
 async def start_node(nursery: trio.Nursery, exporter: InMemorySpanExporter,
                      **overrides: Any) -> RunningNode:
+    return await start_sampled_node(nursery, exporter, None, **overrides)
+
+
+async def start_sampled_node(nursery: trio.Nursery, exporter: InMemorySpanExporter,
+                             sampler: Sampler | None, **overrides: Any) -> RunningNode:
+    """start_node with the provider's sampler chosen (None: the SDK's choice)."""
     settings = load_settings(environ={}, overrides={"bind": "127.0.0.1:0", **overrides})
-    running: RunningNode = await nursery.start(serve_node, settings, make_provider(exporter))
+    running: RunningNode = await nursery.start(serve_node, settings, make_provider(exporter, sampler))
     return running
 
 

@@ -3,7 +3,9 @@ conf/cluster.example.toml).
 
 Nothing here can run Tempo, Grafana or the nodes' containers, so these tests parse
 the real files and check the settings the tracing pipeline and the cluster depend
-on. Plain sync tests: no trio.
+on. The rest of the observability stack (collector, Prometheus, Loki, Grafana's
+datasources and dashboard) is checked in tests/test_observability_stack.py.
+Plain sync tests: no trio.
 """
 
 from __future__ import annotations
@@ -114,8 +116,12 @@ def test_tempo_service(services: dict[str, Any]) -> None:
     command = command if isinstance(command, list) else command.split()
     assert "-config.file=/etc/tempo.yaml" in command
     ports = tempo["ports"]
-    for port in (4317, 3200):
-        assert any(_host_port(p, port) for p in ports), f"tempo does not publish {port}"
+    assert any(_host_port(p, 3200) for p in ports), "tempo does not publish 3200"
+    # OTLP goes to the collector, which publishes 4317/4318 itself; Tempo's own
+    # receiver stays on the compose network (publishing both would clash).
+    assert not any(_host_port(p, 4317) or _host_port(p, 4318) for p in ports)
+    collector_ports = services["otel-collector"]["ports"]
+    assert any(_host_port(p, 4317) for p in collector_ports), "the collector does not publish 4317"
 
 
 def test_tempo_config(services: dict[str, Any]) -> None:
@@ -173,7 +179,8 @@ def test_webserver_node_service(services: dict[str, Any], index: int) -> None:
     env = _env(web)
     others = [n for n in NODES if n != name]
     assert env == {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://tempo:4317",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317",
+        "OTEL_LOGS_EXPORTER": "otlp",  # logs to Loki through the collector
         "WEBSERVER_BIND": "0.0.0.0:4000",
         "WEBSERVER_NODE_NAME": f"webserver@{name}:4000",
         "WEBSERVER_CLUSTER_BIND": "0.0.0.0:4100",
@@ -185,7 +192,7 @@ def test_webserver_node_service(services: dict[str, Any], index: int) -> None:
     # HTTP published on 4000 + index - 1; the cluster port stays on the compose network.
     assert [str(p).split("#")[0].strip() for p in web["ports"]] == [f"{3999 + index}:4000"]
     assert not any(_host_port(p, 4100) for p in web["ports"])
-    assert "tempo" in web["depends_on"]
+    assert "otel-collector" in web["depends_on"]
 
 
 def test_node_environments_are_valid_settings(services: dict[str, Any]) -> None:
@@ -233,15 +240,15 @@ def test_dockerfile_essentials() -> None:
     assert {".git", ".venv", "test-output"} <= set(ignored)
 
 
-@pytest.mark.skipif(
-    shutil.which("docker-compose") is None,
-    reason="docker-compose not on PATH (install it with .ci/install-system-deps)",
-)
 def _compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker-compose", *args], cwd=ROOT, env=env, check=False,
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not on PATH (install it with .ci/install-system-deps)",
+)
 def test_docker_compose_config_validates() -> None:
     result = _compose("config", "-q", env=os.environ | {"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET})
     assert result.returncode == 0, result.stderr

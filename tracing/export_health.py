@@ -33,6 +33,10 @@ class ExportHealth:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.failing = False
+        # Counted on the thread that starts spans (the event loop) without the lock:
+        # one writer, and readers only need a recent value.
+        self.started = 0
+        self.queue_size: Callable[[], int] = lambda: 0
 
     def record_sdk_message(self, record: logging.LogRecord) -> None:
         with self._lock:
@@ -57,13 +61,20 @@ class ExportHealth:
             first, self.failing = not self.failing, True
             return (self.last_error or "unknown error") if first else None
 
+    def counts(self) -> dict[str, int]:
+        """The counters alone, for metrics."""
+        with self._lock:
+            return {"exported": self.exported, "dropped": self.dropped_spans,
+                    "failed_exports": self.failed_exports}
+
     def span_dropped(self) -> None:
         with self._lock:
             self.dropped_spans += 1
 
     def snapshot(self) -> dict[str, object]:
         with self._lock:
-            return {"endpoint": self.endpoint, "exported_spans": self.exported,
+            return {"endpoint": self.endpoint, "started_spans": self.started,
+                    "queued_spans": self.queue_size(), "exported_spans": self.exported,
                     "failed_exports": self.failed_exports, "failed_spans": self.failed_spans,
                     "dropped_spans": self.dropped_spans, "last_error": self.last_error,
                     "last_error_at": self.last_error_at, "failing": self.failing}
@@ -135,9 +146,14 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         # The SDK's queue (a bounded deque); read-only here, for its length.
         self._queue = getattr(self._batch_processor, "_queue", None)
         self._limit = max_queue_size
+        queue = self._queue
+        health.queue_size = (lambda: len(queue)) if queue is not None else (lambda: 0)
         # The exporter's own encoding, run as each span ends instead of all at once
         # on the export thread (tracing/otlp_exporter.py says why).
         self._prepare = prepare
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.health.started += 1
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._queue is not None and len(self._queue) >= self._limit:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
+
+from tracing.export_health import ExportHealth
 
 # The HTTP semantic conventions' advisory buckets for request durations, seconds.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -99,3 +102,18 @@ class Metrics:
             self.meter.create_observable_counter(name, [callback], unit=unit, description=description)
         else:
             self.meter.create_observable_gauge(name, [callback], unit=unit, description=description)
+
+
+def observe_export_health(metrics: Metrics, health: ExportHealth) -> None:
+    """The span exporter's queue and counters as metrics (read at each collection)."""
+    metrics.observe("webserver.otel.export.queue_size", "{span}", "Spans waiting for the exporter.",
+                    lambda: {(): float(health.queue_size())})
+    for name, key, unit, description in (
+            ("webserver.otel.spans.exported", "exported", "{span}", "Spans the collector accepted."),
+            ("webserver.otel.spans.dropped", "dropped", "{span}", "Spans dropped on a full export queue."),
+            ("webserver.otel.export.failures", "failed_exports", "{export}", "Failed span export batches.")):
+        metrics.observe(name, unit, description, partial(_one_count, health, key), counter=True)
+
+
+def _one_count(health: ExportHealth, key: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {(): float(health.counts()[key])}

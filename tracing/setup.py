@@ -2,6 +2,9 @@
 
 The exporter runs on the BatchSpanProcessor's own thread; nothing here blocks
 the Trio loop. A collector that is down costs a bounded queue and one warning.
+
+The same file holds the sampler (`[traces.sampler]`, tracing/sampling.py) and
+the logs' format and OTLP export (`[logs]`, tracing/log_correlation.py).
 """
 
 from __future__ import annotations
@@ -11,24 +14,35 @@ import os
 import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import NoOpTracerProvider
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
 from server.errors import ConfigError
 from tracing.export_health import CountingBatchSpanProcessor, ExportHealth, HealthReportingExporter
+from tracing.log_correlation import LogsConfig, OtlpLogHandler, parse_logs_table, set_log_identity
+from tracing.sampling import (
+    SamplerConfig,
+    build_sampler,
+    describe_sampler,
+    parse_sampler_table,
+    with_environment,
+)
 
 log = logging.getLogger(__name__)
 
 _FILE_KEYS = {
     "resource": {"service_name"},
-    "traces": {"enabled", "endpoint", "protocol", "compression", "timeout_s", "batch"},
+    "traces": {"enabled", "endpoint", "protocol", "compression", "timeout_s", "batch", "sampler"},
     "traces.batch": {"max_queue_size", "schedule_delay_ms", "max_export_batch_size",
                      "export_timeout_ms"},
 }
@@ -48,6 +62,8 @@ class TracingConfig:
     schedule_delay_ms: int = 5000
     max_export_batch_size: int = 512
     export_timeout_ms: int = 30000
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,7 +91,7 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
             if key not in allowed:
                 raise ConfigError(f"{p}: unknown key {table}.{key}")
     for key in data:
-        if key not in ("resource", "traces"):
+        if key not in ("resource", "traces", "logs"):
             raise ConfigError(f"{p}: unknown table [{key}]")
     traces = dict(data.get("traces", {}))
     batch = traces.pop("batch", {})
@@ -83,6 +99,8 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
         if key not in _FILE_KEYS["traces.batch"]:
             raise ConfigError(f"{p}: unknown key traces.batch.{key}")
     values: dict[str, Any] = {**traces, **batch}
+    values["sampler"] = parse_sampler_table(traces.get("sampler", {}), str(p))
+    values["logs"] = parse_logs_table(data.get("logs", {}), str(p))
     if "service_name" in data.get("resource", {}):
         values["service_name"] = data["resource"]["service_name"]
     cfg = TracingConfig(**values)
@@ -105,7 +123,15 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
                      ("OTEL_BSP_EXPORT_TIMEOUT", "export_timeout_ms")):
         if env.get(var):
             overrides[key] = int(env[var])
-    cfg = TracingConfig(**{**cfg.as_dict(), **overrides})
+    # OTEL_TRACES_SAMPLER (and its _ARG), when set, wins over [traces.sampler].
+    overrides["sampler"] = with_environment(cfg.sampler, env)
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        overrides["logs"] = replace(cfg.logs, otlp_export=False)
+    elif logs_exporter := env.get("OTEL_LOGS_EXPORTER", "").strip().lower():
+        if logs_exporter not in ("otlp", "none"):
+            raise ConfigError(f"OTEL_LOGS_EXPORTER {logs_exporter!r}: use otlp or none")
+        overrides["logs"] = replace(cfg.logs, otlp_export=logs_exporter == "otlp")
+    cfg = replace(cfg, **overrides)
     if cfg.protocol != "grpc":
         raise ConfigError(f"{p}: traces.protocol {cfg.protocol!r} is not supported (use 'grpc')")
     if cfg.compression not in ("gzip", "deflate", "none"):
@@ -128,28 +154,63 @@ def make_otlp_exporter(cfg: TracingConfig) -> SpanExporter:
     return FastOTLPSpanExporter(endpoint=cfg.endpoint, compression=compression, timeout=cfg.timeout_s)
 
 
+def make_otlp_log_exporter(cfg: TracingConfig, environ: Mapping[str, str] | None = None) -> LogRecordExporter:
+    """OTLP gRPC logs to the traces' endpoint (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, when set, wins)."""
+    from grpc import Compression
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+    env = os.environ if environ is None else environ
+    compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate,
+                   "none": Compression.NoCompression}[cfg.compression]
+    return OTLPLogExporter(endpoint=env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or cfg.endpoint,
+                           compression=compression, timeout=cfg.timeout_s)
+
+
 class Telemetry:
     """What a running node holds of OpenTelemetry: its provider and how to stop it."""
 
     def __init__(self, provider: ApiTracerProvider, config: TracingConfig,
-                 health: ExportHealth | None = None) -> None:
+                 health: ExportHealth | None = None, *, sampler: Sampler | None = None,
+                 log_provider: LoggerProvider | None = None,
+                 log_handler: logging.Handler | None = None) -> None:
         self.provider = provider
         self.config = config
         self.health = health
+        self.sampler = sampler
+        self.log_provider = log_provider
+        self.log_handler = log_handler
+
+    def describe_sampling(self) -> dict[str, Any]:
+        """The effective sampler as data, and where it came from."""
+        if self.sampler is None:
+            return {"sampler": "none", "description": "tracing is off"}
+        source = "OTEL_TRACES_SAMPLER" if self.config.sampler.env_sampler else "traces.sampler"
+        return {**describe_sampler(self.sampler), "source": source, "config": self.config.sampler.as_dict()}
 
     def shutdown(self, timeout_s: float) -> bool:
-        """Flush and stop the exporter, waiting at most timeout_s; True if it finished.
+        """Flush and stop the exporters (spans, and logs when exported), waiting at most
+        timeout_s; True if it finished.
 
         Runs on a helper thread because a dead collector makes the SDK's flush
         block for its own (longer) export timeout.
         """
-        provider = self.provider
-        if not isinstance(provider, TracerProvider):
+        provider = self.provider if isinstance(self.provider, TracerProvider) else None
+        log_provider = self.log_provider
+        if self.log_handler is not None:
+            logging.getLogger().removeHandler(self.log_handler)
+            self.log_handler = None
+        if provider is None and log_provider is None:
             return True
 
         def stop() -> None:
-            provider.force_flush(int(timeout_s * 1000))
-            provider.shutdown()
+            if provider is not None:
+                provider.force_flush(int(timeout_s * 1000))
+            if log_provider is not None:
+                log_provider.force_flush(int(timeout_s * 1000))
+            if provider is not None:
+                provider.shutdown()
+            if log_provider is not None:
+                log_provider.shutdown()
 
         worker = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
         worker.start()
@@ -160,16 +221,39 @@ class Telemetry:
         return True
 
 
+def configure_logs_export(cfg: TracingConfig, resource: Resource, *,
+                          exporter: LogRecordExporter | None = None,
+                          environ: Mapping[str, str] | None = None) -> tuple[LoggerProvider, logging.Handler]:
+    """A LoggerProvider exporting through a BatchLogRecordProcessor (its own thread), and
+    a handler on the root logger feeding it every record."""
+    log_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    log_provider.add_log_record_processor(BatchLogRecordProcessor(
+        exporter if exporter is not None else make_otlp_log_exporter(cfg, environ)))
+    handler = OtlpLogHandler(log_provider)
+    logging.getLogger().addHandler(handler)
+    return log_provider, handler
+
+
 def configure_tracing(
     config_path: str | Path, node_name: str, *, exporter: SpanExporter | None = None,
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None, log_exporter: LogRecordExporter | None = None,
 ) -> Telemetry:
-    """Build the node's tracer provider. `exporter` replaces OTLP (tests, benchmarks)."""
+    """Build the node's tracer provider. `exporter` replaces OTLP (tests, benchmarks), and
+    `log_exporter` the OTLP log exporter when `[logs] otlp_export` is on.
+
+    Log records carry this node's name and the service name from here on.
+    """
     cfg = load_tracing_config(config_path, environ)
+    set_log_identity(service=cfg.service_name, node=node_name)
+    resource = make_resource(cfg, node_name)
+    log_provider, log_handler = (
+        configure_logs_export(cfg, resource, exporter=log_exporter, environ=environ)
+        if cfg.logs.otlp_export else (None, None))
     if not cfg.enabled:
-        return Telemetry(NoOpTracerProvider(), cfg)
+        return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler)
     health = ExportHealth(cfg.endpoint)
-    provider = TracerProvider(resource=make_resource(cfg, node_name), shutdown_on_exit=False)
+    sampler = build_sampler(cfg.sampler)
+    provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
     inner = exporter if exporter is not None else make_otlp_exporter(cfg)
     provider.add_span_processor(CountingBatchSpanProcessor(
         HealthReportingExporter(inner, health), health,
@@ -179,4 +263,5 @@ def configure_tracing(
         max_export_batch_size=cfg.max_export_batch_size,
         export_timeout_millis=cfg.export_timeout_ms,
     ))
-    return Telemetry(provider, cfg, health)
+    return Telemetry(provider, cfg, health, sampler=sampler, log_provider=log_provider,
+                     log_handler=log_handler)

@@ -48,6 +48,11 @@ def openapi_document() -> dict[str, Any]:
             "/nodes": {"get": {"summary": "Live cluster members, this node first", "responses": {
                 "200": _json({"type": "object", "properties": {"nodes": {
                     "type": "array", "items": {"type": "string"}}}}, "Node names (name@host:port)")}}},
+            "/debug/telemetry": {"get": {"summary": "Telemetry configuration and exporter health",
+                                         "responses": {"200": _json({"type": "object"}, (
+                                             "Endpoint, protocol, compression, sampler and rules, batch "
+                                             "settings; spans started, queued, exported, dropped, failed "
+                                             "exports and the last export error with its time"))}}},
             "/metrics": {"get": {"summary": "Prometheus scrape of this node's metrics", "responses": {
                 "200": {"description": "Prometheus text exposition format 0.0.4 (names in README)",
                         "content": {"text/plain": {"schema": {"type": "string"}}}}}}},

@@ -62,6 +62,15 @@ async def metrics() -> Response:
     return Response(body, content_type=CONTENT_TYPE_LATEST)
 
 
+@api.get("/debug/telemetry")
+async def debug_telemetry() -> Response:
+    """Effective telemetry configuration and the exporter's live counters."""
+    from tracing.debug_report import telemetry_report
+
+    n = node()
+    return json_response(telemetry_report(n.telemetry, n.name))
+
+
 @api.get("/nodes")
 async def nodes() -> Response:
     """The original's shape: live members, self first. `?detail=1` adds `members`:

@@ -1,0 +1,325 @@
+"""Rule-based, parent-based sampling, configured in conf/opentelemetry.toml.
+
+```toml
+[traces.sampler]
+default_ratio = 1.0                 # roots no rule matches
+[[traces.sampler.rules]]
+path = "/health"                    # url.path, exact ("/api/*": a prefix)
+ratio = 0.0
+[[traces.sampler.rules]]
+name = "websocket.message"          # the span's name when it starts
+ratio = 0.1
+```
+
+- A span with a parent, local or remote, follows the parent's sampled flag:
+  a trace is whole, and a node that receives a cluster message records its
+  part exactly when the sender did.
+- A root span takes the ratio of the first rule that matches it, else
+  `default_ratio`. The decision is TraceIdRatioBased's: the low 64 bits of the
+  trace id below `ratio * 2**64`. It depends on the trace id alone, so every
+  node (and every sampler instance) decides the same for one trace.
+- A rule matches on what the span has *when it starts*, which is all a sampler
+  sees: `name` (the start name: an HTTP request span starts named by its method
+  alone, `GET`, and gets its route later), `path` (`url.path`, exact, or a
+  prefix with a trailing `*`) and `route` (`http.route` when the span starts
+  with one, such as `WS /ws`; otherwise the template is matched against
+  `url.path`, `{param}` matching any non-empty text, `/` included). Several
+  matchers in one rule must all match.
+
+`OTEL_TRACES_SAMPLER` (with `OTEL_TRACES_SAMPLER_ARG`), when set, replaces all
+of this with the SDK sampler it names. With no rules below 1.0 and no variable,
+the SDK's default sampler itself is used (`DEFAULT_ON`, the same decisions), so
+the lean tracer keeps its fast path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    Decision,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+from server.errors import ConfigError
+from tracing import spans as S
+
+RULE_KEYS = ("name", "route", "path", "ratio")
+MATCHER_KEYS = ("name", "route", "path")
+SAMPLER_KEYS = ("default_ratio", "rules")
+
+# The SDK's names for OTEL_TRACES_SAMPLER; the ratio ones take OTEL_TRACES_SAMPLER_ARG.
+ENV_SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+                "parentbased_always_off", "parentbased_traceidratio")
+
+_TRACE_ID_LIMIT = (1 << 64) - 1
+_HTTP_NAME = re.compile(r"^[A-Z]+ /")
+
+
+def ratio_bound(ratio: float) -> int:
+    """TraceIdRatioBased's bound: a root is sampled when its trace id's low 64 bits are below it."""
+    return TraceIdRatioBased.get_bound_for_rate(ratio)
+
+
+@dataclass(frozen=True)
+class SamplingRule:
+    ratio: float
+    name: str | None = None
+    route: str | None = None
+    path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k) for k in MATCHER_KEYS if getattr(self, k) is not None}
+        out["ratio"] = self.ratio
+        return out
+
+    def describe(self) -> str:
+        return ",".join(f"{k}={getattr(self, k)}" for k in MATCHER_KEYS if getattr(self, k) is not None)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """The file's `[traces.sampler]` and, when set, the OTEL_TRACES_SAMPLER(_ARG) that win over it."""
+
+    default_ratio: float = 1.0
+    rules: tuple[SamplingRule, ...] = ()
+    env_sampler: str | None = None
+    env_arg: str | None = None
+
+    @property
+    def is_default(self) -> bool:
+        """Decides exactly as the SDK's default (parent-based always-on) would."""
+        return (self.env_sampler is None and self.default_ratio == 1.0
+                and all(rule.ratio == 1.0 for rule in self.rules))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"default_ratio": self.default_ratio, "rules": [r.as_dict() for r in self.rules],
+                "env_sampler": self.env_sampler, "env_arg": self.env_arg}
+
+
+# -- configuration ---------------------------------------------------------------
+
+def _ratio(value: Any, key: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}{key} must be a number from 0.0 to 1.0 (got {value!r})")
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}{key} must be from 0.0 to 1.0 (got {value!r})")
+    return float(value)
+
+
+def _rule(table: Any, key: str, where: str) -> SamplingRule:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}{key} must be a table (a [[traces.sampler.rules]] entry)")
+    for k in table:
+        if k not in RULE_KEYS:
+            raise ConfigError(f"{where}unknown key {key}.{k} (a rule has {', '.join(RULE_KEYS)})")
+    if "ratio" not in table:
+        raise ConfigError(f"{where}{key}.ratio is missing")
+    matchers: dict[str, str] = {}
+    for k in MATCHER_KEYS:
+        if k in table:
+            value = table[k]
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}{key}.{k} must be a non-empty string (got {value!r})")
+            matchers[k] = value
+    if not matchers:
+        raise ConfigError(f"{where}{key} has no matcher: give it name, route or path")
+    if "name" in matchers and _HTTP_NAME.match(matchers["name"]):
+        raise ConfigError(
+            f"{where}{key}.name {matchers['name']!r}: an HTTP span starts named by its method alone "
+            f"(its route is known only after sampling); match it with route or path instead")
+    for k in ("route", "path"):
+        if k in matchers and not matchers[k].startswith("/"):
+            raise ConfigError(f"{where}{key}.{k} must start with / (got {matchers[k]!r})")
+    return SamplingRule(ratio=_ratio(table["ratio"], f"{key}.ratio", where), **matchers)
+
+
+def parse_sampler_table(table: Any, where: str = "") -> SamplerConfig:
+    """`[traces.sampler]` as loaded from TOML; `where` prefixes messages (the file's name).
+
+    Raises ConfigError naming the offending key.
+    """
+    prefix = f"{where}: " if where else ""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{prefix}traces.sampler must be a table")
+    for k in table:
+        if k not in SAMPLER_KEYS:
+            raise ConfigError(f"{prefix}unknown key traces.sampler.{k}")
+    default_ratio = _ratio(table.get("default_ratio", 1.0), "traces.sampler.default_ratio", prefix)
+    rules = table.get("rules", [])
+    if not isinstance(rules, list):
+        raise ConfigError(f"{prefix}traces.sampler.rules must be an array of tables "
+                          "([[traces.sampler.rules]])")
+    return SamplerConfig(default_ratio=default_ratio,
+                         rules=tuple(_rule(r, f"traces.sampler.rules[{i}]", prefix)
+                                     for i, r in enumerate(rules)))
+
+
+def with_environment(cfg: SamplerConfig, env: Mapping[str, str]) -> SamplerConfig:
+    """Add OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, which win over the file's rules."""
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not name:
+        return cfg  # OTEL_TRACES_SAMPLER_ARG alone means nothing (as in the SDK)
+    if name not in ENV_SAMPLERS:
+        raise ConfigError(f"OTEL_TRACES_SAMPLER {name!r} is not known (use one of {', '.join(ENV_SAMPLERS)})")
+    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or None
+    if name.endswith("traceidratio") and arg is not None:
+        try:
+            rate = float(arg)
+        except ValueError:
+            rate = -1.0
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG must be a number from 0.0 to 1.0 (got {arg!r})")
+    return SamplerConfig(default_ratio=cfg.default_ratio, rules=cfg.rules, env_sampler=name, env_arg=arg)
+
+
+def build_sampler(cfg: SamplerConfig) -> Sampler:
+    """The sampler to give the TracerProvider."""
+    if cfg.env_sampler is not None:
+        rate = float(cfg.env_arg) if cfg.env_arg is not None else 1.0
+        fixed: dict[str, Sampler] = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF,
+                                     "parentbased_always_on": DEFAULT_ON,
+                                     "parentbased_always_off": DEFAULT_OFF}
+        if cfg.env_sampler in fixed:
+            return fixed[cfg.env_sampler]
+        if cfg.env_sampler == "traceidratio":
+            return TraceIdRatioBased(rate)
+        return ParentBasedTraceIdRatio(rate)  # type: ignore[no-untyped-call]
+    if cfg.is_default:
+        return DEFAULT_ON  # the same decisions, and the lean tracer's fast path
+    return RuleBasedSampler(cfg.default_ratio, cfg.rules)
+
+
+def describe_sampler(sampler: Sampler) -> dict[str, Any]:
+    """Any sampler as data: a RuleBasedSampler's rules, or another's SDK description."""
+    if isinstance(sampler, RuleBasedSampler):
+        return sampler.describe()
+    return {"sampler": type(sampler).__name__, "description": sampler.get_description()}
+
+
+# -- the sampler -------------------------------------------------------------------
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[^{}/]*\}", template)
+    return re.compile(".+".join(re.escape(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    rule: SamplingRule
+    bound: int
+    path_prefix: str | None = None  # path = "/api/*"
+    route_regex: re.Pattern[str] | None = None
+
+    @classmethod
+    def of(cls, rule: SamplingRule) -> _Compiled:
+        prefix = rule.path[:-1] if rule.path is not None and rule.path.endswith("*") else None
+        regex = _template_regex(rule.route) if rule.route is not None and "{" in rule.route else None
+        return cls(rule, ratio_bound(rule.ratio), prefix, regex)
+
+    def matches(self, name: str, attributes: Attributes) -> bool:
+        rule = self.rule
+        if rule.name is not None and name != rule.name:
+            return False
+        if rule.path is None and rule.route is None:
+            return True
+        if not attributes:
+            return False
+        path = attributes.get(S.URL_PATH)
+        if rule.path is not None:
+            if not isinstance(path, str):
+                return False
+            if self.path_prefix is not None:
+                if not path.startswith(self.path_prefix):
+                    return False
+            elif path != rule.path:
+                return False
+        if rule.route is not None:
+            route = attributes.get(S.HTTP_ROUTE)
+            if route is not None:
+                return route == rule.route
+            if not isinstance(path, str):
+                return False
+            if self.route_regex is not None:
+                return self.route_regex.fullmatch(path) is not None
+            return path == rule.route
+        return True
+
+
+_DROP = SamplingResult(Decision.DROP)
+
+
+class RuleBasedSampler(Sampler):
+    """Parent-based; roots by the first matching rule's ratio, else default_ratio (see module doc)."""
+
+    def __init__(self, default_ratio: float = 1.0, rules: Sequence[SamplingRule] = ()) -> None:
+        for i, rule in enumerate(rules):
+            if not 0.0 <= rule.ratio <= 1.0:
+                raise ValueError(f"rules[{i}].ratio must be from 0.0 to 1.0 (got {rule.ratio})")
+            if rule.name is None and rule.route is None and rule.path is None:
+                raise ValueError(f"rules[{i}] has no matcher")
+        if not 0.0 <= default_ratio <= 1.0:
+            raise ValueError(f"default_ratio must be from 0.0 to 1.0 (got {default_ratio})")
+        self.default_ratio = default_ratio
+        self.rules = tuple(rules)
+        self._default_bound = ratio_bound(default_ratio)
+        self._compiled = tuple(_Compiled.of(rule) for rule in rules)
+
+    @classmethod
+    def from_config(cls, cfg: SamplerConfig) -> RuleBasedSampler:
+        return cls(cfg.default_ratio, cfg.rules)
+
+    def root_ratio(self, name: str, attributes: Attributes = None) -> float:
+        """The ratio a root span with this start name and these attributes is sampled at."""
+        for compiled in self._compiled:
+            if compiled.matches(name, attributes):
+                return compiled.rule.ratio
+        return self.default_ratio
+
+    def should_sample(
+        self, parent_context: Context | None, trace_id: int, name: str,
+        kind: SpanKind | None = None, attributes: Attributes = None,
+        links: Sequence[Link] | None = None, trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = get_current_span(parent_context).get_span_context()
+        if parent.is_valid:
+            if parent.trace_flags.sampled:
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
+            return SamplingResult(Decision.DROP, None, parent.trace_state)
+        bound = self._default_bound
+        for compiled in self._compiled:
+            if compiled.matches(name, attributes):
+                bound = compiled.bound
+                break
+        if trace_id & _TRACE_ID_LIMIT < bound:
+            # The attributes go back: the SDK's own Tracer builds the span from them.
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, None)
+        return _DROP
+
+    def get_description(self) -> str:
+        rules = ",".join(f"{{{r.describe()}}}:{r.ratio}" for r in self.rules)
+        return f"ParentBasedRules{{default={self.default_ratio},rules=[{rules}]}}"
+
+    def describe(self) -> dict[str, Any]:
+        """The sampler as data (for a /debug/telemetry page)."""
+        return {
+            "sampler": "parentbased_rules",
+            "parent_based": True,
+            "default_ratio": self.default_ratio,
+            "rules": [rule.as_dict() for rule in self.rules],
+            "description": self.get_description(),
+        }
