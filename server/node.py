@@ -166,6 +166,8 @@ async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider |
     made = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)
     telemetry = made if isinstance(made, Telemetry) else None
     provider = made.provider if isinstance(made, Telemetry) else made
+    if metrics is None and telemetry is not None:
+        metrics = telemetry.metrics
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     node = Node(settings, name=name, tracer_provider=provider, http_url=url, transport=transport,

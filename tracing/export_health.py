@@ -89,7 +89,11 @@ class _CaptureSdkNoise(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
-            self.health.record_sdk_message(record)
+            # The logger is shared with the metric and log exporters, which report
+            # their own failures once (tracing/metrics_export.py): not span errors.
+            message = record.getMessage()
+            if not any(f" {other} " in message for other in ("metrics", "logs")):
+                self.health.record_sdk_message(record)
             return False
         return True
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -30,6 +31,9 @@ from opentelemetry.trace import TracerProvider as ApiTracerProvider
 from server.errors import ConfigError
 from tracing.export_health import CountingBatchSpanProcessor, ExportHealth, HealthReportingExporter
 from tracing.log_correlation import LogsConfig, OtlpLogHandler, parse_logs_table, set_log_identity
+from tracing.metrics import MetricsHandle, make_meter_provider
+from tracing.metrics_export import MetricsConfig, make_otlp_metric_reader, parse_metrics_table
+from tracing.metrics_export import with_environment as metrics_with_environment
 from tracing.sampling import (
     SamplerConfig,
     build_sampler,
@@ -64,6 +68,7 @@ class TracingConfig:
     export_timeout_ms: int = 30000
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +96,7 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
             if key not in allowed:
                 raise ConfigError(f"{p}: unknown key {table}.{key}")
     for key in data:
-        if key not in ("resource", "traces", "logs"):
+        if key not in ("resource", "traces", "logs", "metrics"):
             raise ConfigError(f"{p}: unknown table [{key}]")
     traces = dict(data.get("traces", {}))
     batch = traces.pop("batch", {})
@@ -101,6 +106,7 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
     values: dict[str, Any] = {**traces, **batch}
     values["sampler"] = parse_sampler_table(traces.get("sampler", {}), str(p))
     values["logs"] = parse_logs_table(data.get("logs", {}), str(p))
+    values["metrics"] = parse_metrics_table(data.get("metrics", {}), str(p))
     if "service_name" in data.get("resource", {}):
         values["service_name"] = data["resource"]["service_name"]
     cfg = TracingConfig(**values)
@@ -131,7 +137,11 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
         if logs_exporter not in ("otlp", "none"):
             raise ConfigError(f"OTEL_LOGS_EXPORTER {logs_exporter!r}: use otlp or none")
         overrides["logs"] = replace(cfg.logs, otlp_export=logs_exporter == "otlp")
+    overrides["metrics"] = metrics_with_environment(cfg.metrics, env)
     cfg = replace(cfg, **overrides)
+    if cfg.max_export_batch_size > cfg.max_queue_size:
+        raise ConfigError(f"traces.batch: max_export_batch_size ({cfg.max_export_batch_size}) must not "
+                          f"exceed max_queue_size ({cfg.max_queue_size})")
     if cfg.protocol != "grpc":
         raise ConfigError(f"{p}: traces.protocol {cfg.protocol!r} is not supported (use 'grpc')")
     if cfg.compression not in ("gzip", "deflate", "none"):
@@ -172,13 +182,15 @@ class Telemetry:
     def __init__(self, provider: ApiTracerProvider, config: TracingConfig,
                  health: ExportHealth | None = None, *, sampler: Sampler | None = None,
                  log_provider: LoggerProvider | None = None,
-                 log_handler: logging.Handler | None = None) -> None:
+                 log_handler: logging.Handler | None = None,
+                 metrics: MetricsHandle | None = None) -> None:
         self.provider = provider
         self.config = config
         self.health = health
         self.sampler = sampler
         self.log_provider = log_provider
         self.log_handler = log_handler
+        self.metrics = metrics  # the node's meter provider (Prometheus reader + OTLP push)
 
     def describe_sampling(self) -> dict[str, Any]:
         """The effective sampler as data, and where it came from."""
@@ -196,10 +208,11 @@ class Telemetry:
         """
         provider = self.provider if isinstance(self.provider, TracerProvider) else None
         log_provider = self.log_provider
+        meter_provider = self.metrics.provider if self.metrics is not None else None
         if self.log_handler is not None:
             logging.getLogger().removeHandler(self.log_handler)
             self.log_handler = None
-        if provider is None and log_provider is None:
+        if provider is None and log_provider is None and meter_provider is None:
             return True
 
         def stop() -> None:
@@ -211,6 +224,8 @@ class Telemetry:
                 provider.shutdown()
             if log_provider is not None:
                 log_provider.shutdown()
+            if isinstance(meter_provider, SdkMeterProvider):
+                meter_provider.shutdown(timeout_millis=timeout_s * 1000)
 
         worker = threading.Thread(target=stop, name="otel-shutdown", daemon=True)
         worker.start()
@@ -251,6 +266,11 @@ def configure_tracing(
         if cfg.logs.otlp_export else (None, None))
     if not cfg.enabled:
         return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler)
+    env = os.environ if environ is None else environ
+    readers = [make_otlp_metric_reader(cfg.metrics, endpoint=cfg.endpoint, compression=cfg.compression,
+                                       timeout_s=cfg.timeout_s, environ=env)
+               ] if cfg.metrics.otlp_export else []
+    metrics = make_meter_provider(resource, extra_readers=readers)
     health = ExportHealth(cfg.endpoint)
     sampler = build_sampler(cfg.sampler)
     provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
@@ -264,4 +284,4 @@ def configure_tracing(
         export_timeout_millis=cfg.export_timeout_ms,
     ))
     return Telemetry(provider, cfg, health, sampler=sampler, log_provider=log_provider,
-                     log_handler=log_handler)
+                     log_handler=log_handler, metrics=metrics)

@@ -28,12 +28,14 @@ from typing import Any
 
 import grpc
 import trio
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as pb_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 _SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+_METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,22 @@ def decode_attributes(attributes: Sequence[KeyValue]) -> dict[str, Any]:
     return {kv.key: decode_value(kv.value) for kv in attributes}
 
 
-def _decode_wire(data: bytes) -> tuple[pb.ExportTraceServiceRequest, str]:
+def _encoding(data: bytes) -> str:
     if data[:2] == b"\x1f\x8b":
-        raw, encoding = gzip.decompress(data), "gzip"
-    elif data[:1] == b"\x78":  # zlib header; a valid request starts with field 1 (0x0a)
-        raw, encoding = zlib.decompress(data), "deflate"
-    else:
-        raw, encoding = data, "identity"
-    return pb.ExportTraceServiceRequest.FromString(raw), encoding
+        return "gzip"
+    if data[:1] == b"\x78":  # zlib header; a valid request starts with field 1 (0x0a)
+        return "deflate"
+    return "identity"
+
+
+def _decompress(data: bytes) -> bytes:
+    encoding = _encoding(data)
+    return gzip.decompress(data) if encoding == "gzip" else zlib.decompress(data) if encoding == "deflate" \
+        else data
+
+
+def _decode_wire(data: bytes) -> tuple[pb.ExportTraceServiceRequest, str]:
+    return pb.ExportTraceServiceRequest.FromString(_decompress(data)), _encoding(data)
 
 
 class _Servicer(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
@@ -103,6 +113,7 @@ class OtlpReceiver:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
+        self._metric_requests: list[metrics_pb.ExportMetricsServiceRequest] = []
         self._server: grpc.Server | None = None
         self.port = 0
 
@@ -130,8 +141,23 @@ class OtlpReceiver:
         handler = grpc.unary_unary_rpc_method_handler(
             servicer.Export, request_deserializer=decode,
             response_serializer=pb.ExportTraceServiceResponse.SerializeToString)
+        def decode_metrics(data: bytes) -> metrics_pb.ExportMetricsServiceRequest:
+            request: metrics_pb.ExportMetricsServiceRequest = (
+                metrics_pb.ExportMetricsServiceRequest.FromString(_decompress(data)))
+            return request
+
+        def export_metrics(request: metrics_pb.ExportMetricsServiceRequest,
+                           context: grpc.ServicerContext) -> metrics_pb.ExportMetricsServiceResponse:
+            with self._lock:
+                self._metric_requests.append(request)
+            return metrics_pb.ExportMetricsServiceResponse()
+
+        metrics_handler = grpc.unary_unary_rpc_method_handler(
+            export_metrics, request_deserializer=decode_metrics,
+            response_serializer=metrics_pb.ExportMetricsServiceResponse.SerializeToString)
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(_SERVICE, {"Export": handler}),))
+            (grpc.method_handlers_generic_handler(_SERVICE, {"Export": handler}),
+             grpc.method_handlers_generic_handler(_METRICS_SERVICE, {"Export": metrics_handler})))
         port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         if not port or (self.port and port != self.port):
             raise RuntimeError(f"OTLP receiver cannot bind 127.0.0.1:{self.port}")
@@ -159,6 +185,11 @@ class OtlpReceiver:
     def requests(self) -> list[ReceivedRequest]:
         with self._lock:
             return list(self._requests)
+
+    def metric_requests(self) -> list[metrics_pb.ExportMetricsServiceRequest]:
+        """Metrics pushes received (MetricsService/Export), decompressed and parsed."""
+        with self._lock:
+            return list(self._metric_requests)
 
     def clear(self) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from tests.e2e.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.e2e.otlp_receiver import OtlpReceiver, ReceivedSpan, decode_attributes
 from tests.e2e.processes import free_port, node_process
 
 pytestmark = pytest.mark.e2e
@@ -207,3 +207,44 @@ async def test_a_dead_collector_costs_one_warning_and_no_requests() -> None:
     assert len(warnings) == 1, stderr
     assert f"127.0.0.1:{dead_port}" in warnings[0]
     assert "Traceback" not in stderr, stderr
+
+
+async def test_metrics_are_pushed_over_otlp_with_exemplars_that_point_at_traces(
+        receiver: OtlpReceiver) -> None:
+    env: dict[str, str | None] = {"OTEL_SDK_DISABLED": None,
+                                  "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                  "OTEL_BSP_SCHEDULE_DELAY": "200",
+                                  "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+    async with node_process(env) as node:
+        async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+            await http.put("/kv/metered", json=1)
+            for _ in range(7):
+                assert (await http.get("/kv/metered")).status_code == 200
+
+            def duration_point() -> Any:
+                for request in reversed(receiver.metric_requests()):
+                    for rm in request.resource_metrics:
+                        for sm in rm.scope_metrics:
+                            for metric in sm.metrics:
+                                if metric.name != "http.server.request.duration":
+                                    continue
+                                for p in metric.histogram.data_points:
+                                    attrs = decode_attributes(p.attributes)
+                                    if attrs.get("http.route") == "/kv/{key}" and \
+                                            attrs.get("http.request.method") == "GET":
+                                        return rm, metric, p
+                return None
+
+            with trio.fail_after(20):
+                while (found := duration_point()) is None:
+                    await trio.sleep(0.2)
+            resource_metrics, metric, point = found
+            assert metric.unit == "s" and point.count == 7
+            resource = decode_attributes(resource_metrics.resource.attributes)
+            assert resource["service.name"] == "webserver"
+            assert point.exemplars, "histogram points carry exemplars"
+            exemplar_traces = {e.trace_id.hex() for e in point.exemplars}
+            spans = await receiver.wait_for_async(
+                lambda spans: bool(exemplar_traces & {s.trace_id for s in named(spans, "GET /kv/{key}")}))
+            assert exemplar_traces & {s.trace_id for s in named(spans, "GET /kv/{key}")}
+        assert await node.terminate(SHUTDOWN_TIMEOUT + 5) == 0, node.describe()
