@@ -66,7 +66,7 @@ class Node:
         self.mesh: Mesh | None = None
         if settings.clustered:
             self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport, rng=rng,
-                             metrics=self.metrics)
+                             metrics=self.metrics, tracer=self.tracer)
             self.kv.attach(self.mesh)
             self.hub.cluster = ClusterChat(self.hub, self.mesh,
                                            history_timeout=min(1.0, settings.cluster_request_timeout))

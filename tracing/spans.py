@@ -44,6 +44,9 @@ WS_SUBPROTOCOL = "websocket.subprotocol"
 WS_USERNAME = "websocket.username"
 WS_CLOSE_CODE = "websocket.close_code"  # set when the server closed
 WS_CLOSED_BY = "websocket.closed_by"  # "client" or "server"
+WS_PROTOCOL_ERROR = "websocket.protocol_error"  # event: closed for the client's misbehaviour
+WS_REQUEST_REFUSED = "websocket.request_refused"  # event: a request answered with an error frame
+EXCEPTION_MESSAGE = "exception.message"
 
 # KV
 KV_KEY = "kv.key"
@@ -57,6 +60,17 @@ KV_REPAIRED = "kv.repaired"  # stale replicas a read sent the newest version to
 KV_PEER = "kv.peer"
 KV_KEYS = "kv.keys"
 KV_HANDOFF = "kv.handoff"
+CLUSTER_REQUEST_FAILED = "cluster.request_failed"  # event: a peer did not answer a request
+CLUSTER_LINK = "cluster.link"  # span: one peer link's lifetime
+CLUSTER_HANDSHAKE = "cluster.handshake"  # span: a failed or refused handshake
+CLUSTER_LINK_FAILED = "cluster.link_failed"  # event on cluster.link
+CLUSTER_NODE = "cluster.node"
+CLUSTER_PEER = "cluster.peer"
+CLUSTER_PEER_ADDRESS = "cluster.peer_address"
+CLUSTER_DIALER = "cluster.dialer"
+CLUSTER_CLOSE_CODE = "cluster.close_code"
+CLUSTER_CLOSE_REASON = "cluster.close_reason"
+CLUSTER_CLOSED_BY = "cluster.closed_by"
 
 # Chat
 CHAT_ROOM = "chat.room"

@@ -25,6 +25,13 @@ from opentelemetry.trace import Link, Span, SpanKind
 
 from tracing import spans as S
 
+PROTOCOL_ERROR_CODES = {1003: "unsupported_data", 1008: "policy_violation", 1009: "message_too_big"}
+
+
+def request_refused(span: Span, code: str, message: str) -> None:
+    """A client request the server answered with an error frame (a 4xx-like refusal)."""
+    span.add_event(S.WS_REQUEST_REFUSED, {S.ERROR_TYPE: code, S.EXCEPTION_MESSAGE: S.clip(message)})
+
 
 class ConnectionSpans:
     def __init__(self, tracer: trace.Tracer, *, peer: str, connection_id: str,
@@ -59,11 +66,18 @@ class ConnectionSpans:
                 S.fail(span, exc)
                 raise
 
-    def closed(self, close_code: int | None, error: BaseException | None = None) -> None:
+    def closed(self, close_code: int | None, error: BaseException | None = None,
+               reason: str | None = None) -> None:
         """End the connection: the disconnect span, then the lifetime span.
 
-        close_code is the code the server closed with, None when the client left.
+        close_code is the code the server closed with, None when the client left. A
+        close for the client's misbehaviour (1003, 1008, 1009) is recorded as an
+        event with the reason; it stays a client error, so the status stays unset.
         """
+        if close_code in PROTOCOL_ERROR_CODES:
+            self.span.add_event(S.WS_PROTOCOL_ERROR, {
+                S.WS_CLOSE_CODE: close_code, S.ERROR_TYPE: PROTOCOL_ERROR_CODES[close_code],
+                S.EXCEPTION_MESSAGE: S.clip(reason or "")})
         duration = self.duration_ms()
         attrs: dict[str, str | int] = {**self.base, S.WS_DURATION_MS: duration,
                                        S.WS_CLOSED_BY: "client" if close_code is None else "server"}

@@ -91,6 +91,15 @@ class PeerLink:
         finally:
             self._pending.pop(message.id, None)
 
+    def close_info(self) -> tuple[int, str, str]:
+        """(code, reason, who closed: "self" or "peer") once the link has ended."""
+        if self._close is not None:
+            return self._close[0], self._close[1], "self"
+        closed = self.ws.closed
+        if closed is not None:
+            return closed.code, closed.reason or "", "peer"
+        return CLOSE_GOING_AWAY, "link closed", "self"
+
     def close(self, code: int, reason: str) -> None:
         """Ask the link to close; run() returns soon after."""
         if self._close is None:

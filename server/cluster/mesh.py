@@ -17,6 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Status as SpanStatus
 from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
@@ -42,6 +46,7 @@ from server.cluster.protocol import REPLY, Message
 from server.cluster.transport import TcpTransport, Transport
 from server.settings import Settings
 from tracing import propagation
+from tracing import spans as S
 from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,7 @@ MembershipListener = Callable[[str, str], None]
 class Mesh:
     def __init__(self, settings: Settings, *, node_name: str, http_url: str,
                  transport: Transport | None = None, rng: random.Random | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, tracer: trace.Tracer | None = None) -> None:
         self.settings = settings
         self.name = node_name
         self.http_url = http_url
@@ -73,6 +78,7 @@ class Mesh:
         self._wake_dialer = trio.Event()
         self.address = ""
         self.metrics = metrics
+        self.tracer = tracer or trace.NoOpTracer()
         self._linked_before: set[str] = set()
         if metrics is not None:
             metrics.observe("webserver.cluster.members", "{node}",
@@ -202,8 +208,10 @@ class Mesh:
         expected = auth.proof(self.secret, "listener", nonce, got["nonce"], self.name, peer)
         if not auth.verify(expected, got["proof"]):
             log.warning("cluster: %s at %s failed authentication (wrong cluster secret?)", peer, address)
+            error = auth.AuthError(f"{peer} at {address} sent a wrong proof (wrong cluster secret?)")
+            self._record_failed_handshake(address, error, SpanKind.CLIENT)
             await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
-            raise auth.AuthError("listener proof mismatch")
+            raise error
         await ws.send_message(auth.frame("auth", proof=auth.proof(self.secret, "dialer", nonce,
                                                                     got["nonce"], self.name, peer)))
         auth.parse(await ws.get_message(), "welcome")
@@ -221,6 +229,7 @@ class Mesh:
             reason = str(exc) or ("handshake timed out" if isinstance(exc, trio.TooSlowError)
                                   else type(exc).__name__)
             log.warning("cluster: refused a peer link from %s: %s", remote, reason)
+            self._record_failed_handshake(remote, exc, SpanKind.SERVER)
             with trio.move_on_after(1):
                 await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
             return
@@ -258,6 +267,11 @@ class Mesh:
                 return
             existing.close(CLOSE_DUPLICATE, "duplicate link")
         self.links[peer] = link
+        span = self.tracer.start_span(
+            S.CLUSTER_LINK, context=otel_context.Context(),
+            kind=SpanKind.CLIENT if dialer == self.name else SpanKind.SERVER,
+            attributes={S.CLUSTER_NODE: self.name, S.CLUSTER_PEER: peer, S.CLUSTER_PEER_ADDRESS: address,
+                        S.CLUSTER_DIALER: dialer})
         if peer in self._linked_before and self.metrics is not None:
             self.metrics.link_reconnects.add(1)
         self._linked_before.add(peer)
@@ -272,6 +286,26 @@ class Mesh:
             if self.links.get(peer) is link:
                 del self.links[peer]
             self._wake_dialer.set()
+            self._end_link_span(span, link)
+
+    def _record_failed_handshake(self, where: str, exc: BaseException, kind: SpanKind) -> None:
+        """A refused or failed handshake: a short span of its own with the error recorded."""
+        span = self.tracer.start_span(S.CLUSTER_HANDSHAKE, context=otel_context.Context(), kind=kind,
+                                      attributes={S.CLUSTER_NODE: self.name, S.CLUSTER_PEER_ADDRESS: where})
+        S.fail(span, exc)
+        span.end()
+
+    @staticmethod
+    def _end_link_span(span: trace.Span, link: PeerLink) -> None:
+        """A link ending for a failure (not a shutdown or a duplicate) is an error of the link."""
+        code, reason, closed_by = link.close_info()
+        span.set_attributes({S.CLUSTER_CLOSE_CODE: code, S.CLUSTER_CLOSE_REASON: S.clip(reason),
+                             S.CLUSTER_CLOSED_BY: closed_by})
+        if code not in (1000, CLOSE_GOING_AWAY, CLOSE_DUPLICATE):
+            span.add_event(S.CLUSTER_LINK_FAILED, {S.CLUSTER_CLOSE_CODE: code,
+                                                    S.EXCEPTION_MESSAGE: S.clip(reason)})
+            span.set_status(SpanStatus(StatusCode.ERROR, f"link closed {code}: {reason}"[:200]))
+        span.end()
 
     def _count_out(self, message: Message) -> None:
         # Requests and one-way messages, like the incoming side (replies are not dispatched).

@@ -35,7 +35,7 @@ from server.errors import RequestError
 from server.http.ws_protocol import JsonSession, error_frame, parse_request
 from server.validation import check_text, check_username
 from tracing import spans as S
-from tracing.websocket import ConnectionSpans
+from tracing.websocket import ConnectionSpans, request_refused
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -141,7 +141,8 @@ class WebSocketSession:
             self.hub.remove(self.conn)
             self.node.metrics.ws_connections.add(-1, self._protocol_attr)
             self.conn.outbox.close()
-            self.spans.closed(self.close_code, error)
+            self.spans.closed(self.close_code, error,
+                              self.conn.close_request[1] if self.conn.close_request else None)
 
     # -- reading -------------------------------------------------------------
     async def _reader(self, cancel: trio.CancelScope) -> None:
@@ -173,11 +174,12 @@ class WebSocketSession:
 
     async def _plain(self, text: str, size: int) -> None:
         self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: "text"})
-        with self.spans.message("text", size):
+        with self.spans.message("text", size) as span:
             try:
                 check_text(text, self.node.settings.max_chat_text_bytes)
                 await self.hub.publish(self.conn, DEFAULT_ROOM, text)
             except RequestError as exc:
+                request_refused(span, exc.code, exc.describe())
                 await self.conn.send_reply(encode({"error": exc.describe()}))
 
     async def _json(self, text: str, size: int) -> None:
@@ -185,14 +187,16 @@ class WebSocketSession:
             kind, request = parse_request(text)
         except RequestError as exc:
             self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: "invalid"})
-            with self.spans.message("invalid", size):
+            with self.spans.message("invalid", size) as span:
+                request_refused(span, exc.code, exc.describe())
                 await self.conn.send_reply(error_frame(exc, None, None))
             return
         self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: kind})
-        with self.spans.message(kind, size):
+        with self.spans.message(kind, size) as span:
             try:
                 reply = await self.json.handle(kind, request)
             except RequestError as exc:
+                request_refused(span, exc.code, exc.describe())
                 reply = error_frame(exc, kind, request.get("ref"))
             await self.conn.send_reply(reply)
 

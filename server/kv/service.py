@@ -205,6 +205,10 @@ class KV:
             except LinkError as exc:
                 log.debug("kv: %s did not answer: %s", peer, exc)
                 failed[peer] = exc
+                # On the kv span (current in this task too): which replica failed and why.
+                trace.get_current_span().add_event(S.CLUSTER_REQUEST_FAILED, {
+                    S.KV_PEER: peer, S.ERROR_TYPE: type(exc).__name__,
+                    S.EXCEPTION_MESSAGE: str(exc)[:200]})
             settle()
 
         async with trio.open_nursery() as nursery:
