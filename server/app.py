@@ -13,7 +13,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from server.errors import RequestError
+from server.http.pages import pages
 from server.http.routes import api, json_response
+from server.http.traces_api import traces_api
 from server.http.ws import websocket_endpoint
 from tracing import spans as S
 from tracing.http import ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
@@ -31,6 +33,8 @@ def create_app(node: Node) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = node.settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
     app.register_blueprint(api)
+    app.register_blueprint(traces_api)
+    app.register_blueprint(pages)
     templates = {rule.rule: S.route_template(rule.rule) for rule in app.url_map.iter_rules()}
 
     @app.before_request
