@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(node: Node) -> QuartTrio:
-    app = QuartTrio("webserver")
+    app = QuartTrio("webserver", static_folder=None)  # /static/ is ours (server/http/pages.py)
     app.config["NODE"] = node
     app.config["MAX_CONTENT_LENGTH"] = node.settings.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False

@@ -22,11 +22,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 from server.chat.cluster_chat import ClusterChat
 from server.chat.connection import CLOSE_GOING_AWAY
 from server.chat.hub import Hub
 from server.cluster.mesh import Mesh
+from server.cluster.protocol import Message
 from server.cluster.transport import Transport
 from server.kv.service import KV
 from server.kv.store import Store
@@ -34,6 +36,7 @@ from server.settings import Settings
 from tracing.lean import tracer_for
 from tracing.metrics import Metrics, MetricsHandle, make_meter_provider, observe_export_health
 from tracing.setup import Telemetry
+from tracing.span_buffer import TRACES_GET, SpanBuffer, peer_reply
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,11 @@ class Node:
         self.name = name
         self.http_url = http_url
         self.tracer = tracer_for(tracer_provider, "webserver")
+        # Recent finished spans for /debug/traces: only an SDK provider has processors.
+        self.span_buffer: SpanBuffer | None = None
+        if settings.trace_buffer_spans and isinstance(tracer_provider, SdkTracerProvider):
+            self.span_buffer = SpanBuffer(settings.trace_buffer_spans, node=name)
+            tracer_provider.add_span_processor(self.span_buffer)
         # Metrics always have at least the Prometheus reader behind GET /metrics.
         self.metrics_handle = metrics or make_meter_provider()
         self.metrics = Metrics(self.metrics_handle.provider.get_meter("webserver"))
@@ -70,6 +78,7 @@ class Node:
             self.kv.attach(self.mesh)
             self.hub.cluster = ClusterChat(self.hub, self.mesh,
                                            history_timeout=min(1.0, settings.cluster_request_timeout))
+            self.mesh.on(TRACES_GET, self._on_traces_get)
         self.started_at = time.monotonic()
         self.shutting_down = False
 
@@ -92,6 +101,11 @@ class Node:
         if self.mesh is None:
             return [{"name": self.name, "status": "up", "self": True, "http_url": self.http_url}]
         return self.mesh.describe()
+
+    def _on_traces_get(self, peer: str, message: Message) -> dict[str, object]:
+        # Half the frame limit: the reply's envelope and the asker's limit stay clear.
+        return peer_reply(self.span_buffer, self.name, message.body,
+                          self.settings.cluster_max_message_bytes // 2)
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True

@@ -24,7 +24,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
 ENV_PREFIX = "WEBSERVER_"
 # Names of variables that steer loading rather than being settings themselves.
 CONFIG_ENV = "WEBSERVER_CONFIG"
-_ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval", "anti_entropy_interval"}
+_ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval", "anti_entropy_interval", "trace_buffer_spans"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class Settings:
     gc_thresholds: str = "200000,100,1000"
     telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
     log_level: str = "INFO"
+    # Recent finished spans kept in memory for /debug/traces (~1.3 KB each); 0 = no buffer.
+    trace_buffer_spans: int = 5000
     # -- cluster (server/cluster/): empty cluster_bind = a single node, no peer links.
     # HOST:PORT the node listens on for peer links (keep it off public interfaces).
     cluster_bind: str = ""

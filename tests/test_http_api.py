@@ -15,6 +15,7 @@ async def test_root_says_hello_world(http: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     assert r.text == "Hello World"
     assert r.headers["content-type"].startswith("text/plain")
+    assert r.headers["link"] == '</chat>; rel="alternate"; type="text/html"'
 
 
 async def test_nodes_lists_self_first(http: httpx.AsyncClient, node: RunningNode) -> None:

@@ -289,18 +289,22 @@ async def test_a_cross_node_write_is_sampled_on_every_node_or_on_none(nursery: t
 
 # -- configuration -------------------------------------------------------------------------
 
-def test_the_shipped_config_drops_health_checks_only() -> None:
+def test_the_shipped_config_drops_probes_scrapes_and_debug_pages_only() -> None:
     cfg = load_tracing_config(SHIPPED_CONF, environ={})
     assert cfg.sampler.default_ratio == 1.0
-    assert cfg.sampler.rules == (SamplingRule(0.0, path="/health"),)
+    assert cfg.sampler.rules == (SamplingRule(0.0, path="/health"), SamplingRule(0.0, path="/metrics"),
+                                 SamplingRule(0.0, path="/debug/*"), SamplingRule(0.0, path="/static/*"))
     sampler = build_sampler(cfg.sampler)
     assert isinstance(sampler, RuleBasedSampler)
+    description = ("ParentBasedRules{default=1.0,rules=[{path=/health}:0.0,{path=/metrics}:0.0,"
+                   "{path=/debug/*}:0.0,{path=/static/*}:0.0]}")
     assert sampler.describe() == {
         "sampler": "parentbased_rules", "parent_based": True, "default_ratio": 1.0,
-        "rules": [{"path": "/health", "ratio": 0.0}],
-        "description": "ParentBasedRules{default=1.0,rules=[{path=/health}:0.0]}",
+        "rules": [{"path": "/health", "ratio": 0.0}, {"path": "/metrics", "ratio": 0.0},
+                  {"path": "/debug/*", "ratio": 0.0}, {"path": "/static/*", "ratio": 0.0}],
+        "description": description,
     }
-    assert sampler.get_description() == "ParentBasedRules{default=1.0,rules=[{path=/health}:0.0]}"
+    assert sampler.get_description() == description
 
 
 def _conf(tmp_path: Path, text: str) -> Path:

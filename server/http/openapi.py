@@ -48,6 +48,51 @@ def openapi_document() -> dict[str, Any]:
             "/nodes": {"get": {"summary": "Live cluster members, this node first", "responses": {
                 "200": _json({"type": "object", "properties": {"nodes": {
                     "type": "array", "items": {"type": "string"}}}}, "Node names (name@host:port)")}}},
+            "/debug/traces/api/traces": {"get": {
+                "summary": "Recent traces in this node's span buffer, newest first",
+                "parameters": [
+                    {"name": "name", "in": "query", "schema": {"type": "string"},
+                     "description": "Keep traces with a span whose name contains this (case-insensitive)"},
+                    {"name": "min_ms", "in": "query", "schema": {"type": "number", "minimum": 0},
+                     "description": "Keep traces lasting at least this many milliseconds here"},
+                    {"name": "errors", "in": "query", "schema": {"type": "string", "enum": ["1", "true"]},
+                     "description": "Keep traces with at least one ERROR span"},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "node": {"type": "string"}, "enabled": {"type": "boolean"},
+                    "traces": {"type": "array", "items": {"type": "object", "properties": {
+                        "trace_id": {"type": "string"}, "root_name": {"type": "string"},
+                        "start_unix_nano": {"type": "integer"}, "duration_ms": {"type": "number"},
+                        "span_count": {"type": "integer"},
+                        "nodes": {"type": "array", "items": {"type": "string"}},
+                        "errors": {"type": "integer"}}}}}},
+                    "Trace summaries (`enabled` is false when trace_buffer_spans = 0)"),
+                    "400": _BAD}}},
+            "/debug/traces/api/traces/{trace_id}": {"get": {
+                "summary": "One trace's spans, gathered from this node and every other member",
+                "parameters": [
+                    {"name": "trace_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+                    {"name": "local", "in": "query", "schema": {"type": "string", "enum": ["1", "true"]},
+                     "description": "Only this node's spans; ask no peer"}],
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "trace_id": {"type": "string"},
+                        "spans": {"type": "array", "items": {"type": "object", "description": (
+                            "trace_id, span_id, parent_span_id (or null), name, kind, start_unix_nano, "
+                            "end_unix_nano, duration_ms, status {code, description}, attributes, "
+                            "events [{name, time_unix_nano, attributes}], links [{trace_id, span_id}], "
+                            "node")}},
+                        "nodes": {"type": "array", "items": {"type": "string"}},
+                        "partial": {"type": "boolean"},
+                        "missing": {"type": "array", "items": {"type": "object", "properties": {
+                            "node": {"type": "string"}, "reason": {"type": "string"}}}},
+                        "truncated": {"type": "array", "items": {"type": "string"}}}},
+                        "Spans by start time; `nodes` answered, `missing` did not (down, timed out), "
+                        "`truncated` answered with part of their spans (cluster message size limit)"),
+                    "400": _BAD,
+                    "404": _json(_ERROR, "No member that answered has spans of this trace")}}},
             "/debug/telemetry": {"get": {"summary": "Telemetry configuration and exporter health",
                                          "responses": {"200": _json({"type": "object"}, (
                                              "Endpoint, protocol, compression, sampler and rules, batch "
@@ -116,5 +161,24 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "protocol", "in": "query",
                      "schema": {"type": "string", "enum": ["text", "json"]}}],
                 "responses": {"101": {"description": "Switching protocols"}}}},
+            "/chat": {"get": {
+                "summary": "Chat page (HTML): rooms, presence, KV panel, cluster nodes",
+                "responses": {"200": {"description": "An HTML page",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/debug/traces": {"get": {
+                "summary": "Trace viewer (HTML): recent traces and one trace as a waterfall",
+                "description": "`/debug/traces#<trace_id>` opens that trace directly.",
+                "responses": {"200": {"description": "An HTML page",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/static/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                                "description": "a file of server/web (`chat.js`); no `..`, no leading `/`"}],
+                "get": {
+                    "summary": "A file of the pages (HTML, JavaScript module or CSS from server/web)",
+                    "responses": {"200": {"description": "The file, with `Cache-Control: no-cache`",
+                                          "content": {"text/javascript": {"schema": {"type": "string"}},
+                                                      "text/css": {"schema": {"type": "string"}},
+                                                      "text/html": {"schema": {"type": "string"}}}},
+                                  "404": _NOT_FOUND}}},
         },
     }

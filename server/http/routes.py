@@ -41,7 +41,9 @@ async def _read_json() -> Any:
 
 @api.get("/")
 async def index() -> Response:
-    return Response("Hello World", content_type="text/plain; charset=utf-8")
+    # The original's answer; the header points people at the page.
+    return Response("Hello World", content_type="text/plain; charset=utf-8",
+                    headers={"Link": '</chat>; rel="alternate"; type="text/html"'})
 
 
 @api.get("/health")
