@@ -10,7 +10,9 @@ const GRAFANA_KEY = "webserver.grafanaUrl";
 export function grafanaUrl() {
   const params = new URLSearchParams(location.search);
   if (params.has("grafana")) {
-    const value = (params.get("grafana") || "").trim().replace(/\/+$/, "");
+    let value = (params.get("grafana") || "").trim().replace(/\/+$/, "");
+    if (value && !isHttpUrl(value)) value = "";  // never a javascript: or data: link
+
     try {
       if (value) localStorage.setItem(GRAFANA_KEY, value);
       else localStorage.removeItem(GRAFANA_KEY);
@@ -18,9 +20,20 @@ export function grafanaUrl() {
     return value;
   }
   try {
-    return localStorage.getItem(GRAFANA_KEY) || "";
+    const stored = localStorage.getItem(GRAFANA_KEY) || "";
+    return isHttpUrl(stored) ? stored : "";
   } catch {
     return "";
+  }
+}
+
+/** Only http(s) URLs may become link targets. */
+function isHttpUrl(value) {
+  try {
+    const url = new URL(value);
+    return url.protocol === "http:" || url.protocol === "https:";
+  } catch {
+    return false;
   }
 }
 

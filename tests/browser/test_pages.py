@@ -235,3 +235,21 @@ def test_page_reconnects_and_rejoins_after_its_node_restarts(browser: Browser,
     carol.screenshot(path=str(SCREENSHOTS / "reconnected.png"), full_page=True)
     alice.context.close()
     carol.context.close()
+
+
+def test_trace_links_go_to_grafana_only_for_an_http_url(browser: Browser, cluster: list[NodeProc]) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        href = f"async () => (await import('/static/common.js')).traceHref('{trace_id}')"
+        page.goto(f"{cluster[0].url}/chat?grafana=javascript:alert(1)")
+        assert page.evaluate(href) == f"/debug/traces#{trace_id}"
+        page.goto(f"{cluster[0].url}/chat?grafana=http://grafana.example:3000/")
+        assert page.evaluate(href).startswith("http://grafana.example:3000/explore?")
+        page.goto(f"{cluster[0].url}/chat")  # remembered in the browser
+        assert page.evaluate(href).startswith("http://grafana.example:3000/explore?")
+        page.goto(f"{cluster[0].url}/chat?grafana=")  # cleared
+        assert page.evaluate(href) == f"/debug/traces#{trace_id}"
+    finally:
+        context.close()
