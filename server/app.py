@@ -18,8 +18,7 @@ from server.http.routes import api, json_response
 from server.http.traces_api import traces_api
 from server.http.ws import websocket_endpoint
 from tracing import spans as S
-from tracing.http import ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
-from tracing.http_metrics import ROUTE_KEY, HttpMetricsMiddleware
+from tracing.http import ROUTE_KEY, ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -74,7 +73,7 @@ def create_app(node: Node) -> QuartTrio:
 def create_asgi(node: Node, quart_app: QuartTrio | None = None) -> ASGIApp:
     """The whole ASGI application: /ws to our endpoint, HTTP through tracing to Quart."""
     quart = quart_app or create_app(node)
-    http = TracingMiddleware(HttpMetricsMiddleware(quart, node.metrics), node.tracer)  # type: ignore[arg-type]
+    http = TracingMiddleware(quart, node.tracer, node.metrics)  # type: ignore[arg-type]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

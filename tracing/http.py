@@ -10,8 +10,9 @@ conventions say.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from opentelemetry import context as otel_context
@@ -21,7 +22,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tracing import spans as S
 
+if TYPE_CHECKING:
+    from tracing.metrics import Metrics
+
 Scope = MutableMapping[str, Any]
+ROUTE_KEY = "webserver.route"  # the matched route template, put in the scope by the app
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -54,9 +59,17 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 class TracingMiddleware:
-    def __init__(self, app: ASGIApp, tracer: trace.Tracer) -> None:
+    """The request span and, when given `metrics`, `http.server.request.duration` and
+    `http.server.active_requests` (recorded while the span is current, so a duration
+    keeps its trace as exemplar). The route template comes from the scope
+    (`ROUTE_KEY`, set by the app once it has matched the request): with tracing off
+    there is no span to read it from, and an unmatched request gets no `http.route`,
+    so raw paths never become metric labels."""
+
+    def __init__(self, app: ASGIApp, tracer: trace.Tracer, metrics: Metrics | None = None) -> None:
         self.app = app
         self.tracer = tracer
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,6 +100,11 @@ class TracingMiddleware:
                                       attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         status = 0
+        metrics = self.metrics
+        if metrics is not None:
+            active = {S.HTTP_REQUEST_METHOD: method, S.URL_SCHEME: attributes[S.URL_SCHEME]}
+            metrics.http_active.add(1, active)
+            started = time.perf_counter()
 
         async def send_and_note_status(message: dict[str, Any]) -> None:
             nonlocal status
@@ -100,8 +118,13 @@ class TracingMiddleware:
             raise  # the client left: a normal end, status stays unset
         except Exception as exc:
             S.fail(span, exc)
+            status = status or 500
             raise
         finally:
+            if metrics is not None:
+                metrics.http_active.add(-1, active)
+                if status:  # no response (the client left): nothing served to measure
+                    _record_duration(metrics, scope, method, status, time.perf_counter() - started)
             if status:
                 span.set_attributes({S.HTTP_STATUS_CODE: status, S.HTTP_RESPONSE_STATUS_CODE: status})
                 if status >= 500:
@@ -110,6 +133,15 @@ class TracingMiddleware:
                         span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
             span.end()
             otel_context.detach(token)
+
+
+def _record_duration(metrics: Metrics, scope: Scope, method: str, status: int, seconds: float) -> None:
+    labels: dict[str, Any] = {S.HTTP_REQUEST_METHOD: method, S.HTTP_RESPONSE_STATUS_CODE: status}
+    if route := scope.get(ROUTE_KEY):
+        labels[S.HTTP_ROUTE] = route
+    if status >= 500:
+        labels[S.ERROR_TYPE] = str(status)
+    metrics.http_duration.record(seconds, labels)
 
 
 def _has_error(span: trace.Span) -> bool:
