@@ -22,6 +22,7 @@ import yaml
 
 from server.errors import ConfigError
 from server.settings import load_settings
+from tests.compose_file import bind_mounts, mounted
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -45,18 +46,6 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
-def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
-    """(host path, container path) for each bind mount (host path starts with . or /)."""
-    mounts = []
-    for vol in service.get("volumes") or []:
-        if isinstance(vol, dict):  # long syntax
-            if vol.get("type") == "bind":
-                mounts.append((vol["source"], vol["target"]))
-            continue
-        source, target = vol.split(":")[:2]
-        if source.startswith((".", "/")):
-            mounts.append((source, target))
-    return mounts
 
 
 def _host_port(port: str | int, container_port: int) -> bool:
@@ -75,12 +64,6 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _mounted_file(services: dict[str, Any], service: str, target: str) -> Path:
-    """Host path (under the repo) bind-mounted at `target` in `service`."""
-    for source, tgt in _bind_mounts(services[service]):
-        if tgt == target:
-            return (ROOT / source).resolve()
-    raise AssertionError(f"{service}: nothing bind-mounted at {target}")
 
 
 def test_compose_version_for_debian_docker_compose(compose: dict[str, Any]) -> None:
@@ -102,7 +85,7 @@ def test_images_are_pinned(services: dict[str, Any]) -> None:
 def test_every_bind_mount_under_conf_exists(services: dict[str, Any]) -> None:
     checked = 0
     for name, service in services.items():
-        for source, _ in _bind_mounts(service):
+        for source, _ in bind_mounts(service):
             host = (ROOT / source).resolve()
             assert host.is_relative_to(ROOT / "conf"), f"{name}: {source} not in ./conf"
             assert host.exists(), f"{name}: mounted path {source} does not exist"
@@ -125,7 +108,7 @@ def test_tempo_service(services: dict[str, Any]) -> None:
 
 
 def test_tempo_config(services: dict[str, Any]) -> None:
-    config = _load(_mounted_file(services, "tempo", "/etc/tempo.yaml"))
+    config = _load(mounted(services, "tempo", "/etc/tempo.yaml"))
     assert config["server"]["http_listen_port"] == 3200
     protocols = config["distributor"]["receivers"]["otlp"]["protocols"]
     # Must be 0.0.0.0, not localhost: the webserver container connects from outside.
@@ -145,12 +128,12 @@ def test_grafana_service(services: dict[str, Any]) -> None:
     assert env["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
     assert any(_host_port(p, 3000) for p in grafana["ports"])
     assert "tempo" in grafana["depends_on"]
-    provisioning = _mounted_file(services, "grafana", "/etc/grafana/provisioning")
+    provisioning = mounted(services, "grafana", "/etc/grafana/provisioning")
     assert provisioning.is_dir()
 
 
 def test_grafana_tempo_datasource(services: dict[str, Any]) -> None:
-    provisioning = _mounted_file(services, "grafana", "/etc/grafana/provisioning")
+    provisioning = mounted(services, "grafana", "/etc/grafana/provisioning")
     files = sorted((provisioning / "datasources").glob("*.y*ml"))
     assert files, "no datasource provisioning files"
     datasources = []

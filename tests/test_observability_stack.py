@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.compose_file import bind_mounts, mounted
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -98,26 +100,8 @@ def _load_json(path: Path) -> Any:
         return json.load(f)
 
 
-def _bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
-    """(host path, container path) for each bind mount (host path starts with . or /)."""
-    mounts = []
-    for vol in service.get("volumes") or []:
-        if isinstance(vol, dict):
-            if vol.get("type") == "bind":
-                mounts.append((vol["source"], vol["target"]))
-            continue
-        source, target = vol.split(":")[:2]
-        if source.startswith((".", "/")):
-            mounts.append((source, target))
-    return mounts
 
 
-def _mounted(services: dict[str, Any], service: str, target: str) -> Path:
-    """Host path bind-mounted at `target` in `service`."""
-    for source, tgt in _bind_mounts(services[service]):
-        if tgt == target:
-            return (ROOT / source).resolve()
-    raise AssertionError(f"{service}: nothing bind-mounted at {target}")
 
 
 def _command(service: dict[str, Any]) -> list[str]:
@@ -161,33 +145,33 @@ def services() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def collector(services: dict[str, Any]) -> dict[str, Any]:
-    path = _mounted(services, "otel-collector", _flag(services["otel-collector"], "--config"))
+    path = mounted(services, "otel-collector", _flag(services["otel-collector"], "--config"))
     data: dict[str, Any] = _load_yaml(path)
     return data
 
 
 @pytest.fixture(scope="module")
 def prometheus(services: dict[str, Any]) -> dict[str, Any]:
-    path = _mounted(services, "prometheus", _flag(services["prometheus"], "--config.file"))
+    path = mounted(services, "prometheus", _flag(services["prometheus"], "--config.file"))
     data: dict[str, Any] = _load_yaml(path)
     return data
 
 
 @pytest.fixture(scope="module")
 def tempo(services: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = _load_yaml(_mounted(services, "tempo", _flag(services["tempo"], "-config.file")))
+    data: dict[str, Any] = _load_yaml(mounted(services, "tempo", _flag(services["tempo"], "-config.file")))
     return data
 
 
 @pytest.fixture(scope="module")
 def loki(services: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = _load_yaml(_mounted(services, "loki", _flag(services["loki"], "-config.file")))
+    data: dict[str, Any] = _load_yaml(mounted(services, "loki", _flag(services["loki"], "-config.file")))
     return data
 
 
 @pytest.fixture(scope="module")
 def provisioning(services: dict[str, Any]) -> Path:
-    return _mounted(services, "grafana", "/etc/grafana/provisioning")
+    return mounted(services, "grafana", "/etc/grafana/provisioning")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +195,7 @@ def dashboard(services: dict[str, Any], provisioning: Path) -> dict[str, Any]:
     provider = providers[0]
     assert provider["type"] == "file"
     # The provider reads the directory compose mounts from conf/grafana/dashboards.
-    directory = _mounted(services, "grafana", provider["options"]["path"])
+    directory = mounted(services, "grafana", provider["options"]["path"])
     assert directory == (CONF / "grafana" / "dashboards").resolve()
     data: dict[str, Any] = _load_json(directory / "webserver.json")
     return data
@@ -268,7 +252,7 @@ def test_every_image_is_pinned(services: dict[str, Any]) -> None:
 
 def test_every_mounted_config_exists(services: dict[str, Any]) -> None:
     for name, service in services.items():
-        for source, target in _bind_mounts(service):
+        for source, target in bind_mounts(service):
             host = (ROOT / source).resolve()
             assert host.is_relative_to(CONF), f"{name}: {source} not in ./conf"
             assert host.exists(), f"{name}: {source} (mounted at {target}) does not exist"
@@ -278,7 +262,7 @@ def test_every_mounted_config_exists(services: dict[str, Any]) -> None:
     # Each component reads the file compose mounts for it.
     for name, flag in (("otel-collector", "--config"), ("prometheus", "--config.file"),
                        ("tempo", "-config.file"), ("loki", "-config.file")):
-        assert _mounted(services, name, _flag(services[name], flag)).is_file(), name
+        assert mounted(services, name, _flag(services[name], flag)).is_file(), name
 
 
 def test_named_volumes_declared() -> None:
@@ -326,7 +310,7 @@ def test_grafana_service(services: dict[str, Any]) -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None,
                     reason="promtool not on PATH (Debian's prometheus package; .ci/install-system-deps)")
 def test_promtool_check_config(services: dict[str, Any]) -> None:
-    path = _mounted(services, "prometheus", _flag(services["prometheus"], "--config.file"))
+    path = mounted(services, "prometheus", _flag(services["prometheus"], "--config.file"))
     result = subprocess.run(["promtool", "check", "config", str(path)], cwd=ROOT, check=False,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
