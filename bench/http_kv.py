@@ -6,8 +6,10 @@ measures with `wrk` (or the Python keep-alive client when wrk is missing) pinned
 to the other core. Variants alternate (on off down on off down ...):
 
 - on:   OTLP gRPC export to a live receiver (bench.otlp_sink, on the load core)
-- off:  OTEL_SDK_DISABLED=true
+- off:  tracing off (OTEL_TRACES_EXPORTER=none); metrics still recorded and pushed
 - down: the OTLP endpoint is a closed loopback port
+- none: no telemetry at all (OTEL_SDK_DISABLED=true: no traces, no metrics), to
+        show what the metrics cost on their own (none vs off)
 The OTEL_BSP_* settings are left at their defaults. Budget: tracing may cost at
 most 10% of throughput, so on/off and down/off should be >= 0.90; the verdict
 uses the median over rounds of each round's own ratio (see paired_ratios).
@@ -28,7 +30,7 @@ from bench.otlp_sink import RECEIVED
 from bench.procs import Cores, choose_cores, free_port, node_env, pin_self, server
 from bench.report import banner, median, ratio, table
 
-VARIANTS = ("on", "off", "down")
+VARIANTS = ("on", "off", "down", "none")
 KEY = "bench"
 BUDGET = 0.90
 
@@ -74,9 +76,9 @@ def load(url: str, opts: Options, seconds: float, cores: Cores) -> LoadResult:
 def collector(variant: str, cores: Cores) -> Iterator[tuple[str | None, list[int]]]:
     """Yields (endpoint or None, a list that receives the span count after the sink stops)."""
     counted: list[int] = []
-    if variant == "off":
+    if variant == "none":
         yield None, counted
-    elif variant == "down":
+    elif variant in ("down", "off"):
         yield f"http://127.0.0.1:{free_port()}", counted
     else:
         sink = None
@@ -90,7 +92,9 @@ def collector(variant: str, cores: Cores) -> Iterator[tuple[str | None, list[int
 
 def run_once(variant: str, opts: Options, cores: Cores) -> Run:
     with collector(variant, cores) as (endpoint, counted):
-        env = node_env("off" if variant == "off" else "on", endpoint)
+        env = node_env("off" if variant == "none" else "on", endpoint)
+        if variant == "off":
+            env["OTEL_TRACES_EXPORTER"] = "none"
         with server("server", cores.server, env, name=f"node-{variant}") as (_node, url):
             put_key(url)
             load(url, opts, opts.warmup, cores)
@@ -116,7 +120,7 @@ def summarize(runs: list[Run]) -> str:
     rows = []
     for v in VARIANTS:
         paired = median(paired_ratios(runs, v)) if v != "off" else 1.0
-        verdict = "-" if v == "off" else ("within budget" if paired >= BUDGET else "OVER BUDGET")
+        verdict = "-" if v in ("off", "none") else ("within budget" if paired >= BUDGET else "OVER BUDGET")
         rows.append([v, " ".join(f"{x:.0f}" for x in rates[v]), f"{med[v]:.0f}",
                      f"{ratio(med[v], med['off']):.3f}", f"{paired:.3f}", verdict])
     lines = [table(["tracing", "req/s per run", "median req/s", "ratio of medians",
@@ -124,6 +128,8 @@ def summarize(runs: list[Run]) -> str:
     on, down = (median(paired_ratios(runs, v)) for v in ("on", "down"))
     lines.append(f"on/off = {on:.3f}   down/off = {down:.3f}   (median of per-round ratios; "
                  f"budget: >= {BUDGET:.2f})")
+    lines.append(f"metrics alone: off/none = {1 / median(paired_ratios(runs, 'none')):.3f} "
+                 "(tracing off, metrics on, against no telemetry at all)")
     return "\n".join(lines)
 
 

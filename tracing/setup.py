@@ -264,13 +264,15 @@ def configure_tracing(
     log_provider, log_handler = (
         configure_logs_export(cfg, resource, exporter=log_exporter, environ=environ)
         if cfg.logs.otlp_export else (None, None))
-    if not cfg.enabled:
-        return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler)
+    # Metrics do not depend on traces being on (OTEL_TRACES_EXPORTER=none keeps them).
     env = os.environ if environ is None else environ
     readers = [make_otlp_metric_reader(cfg.metrics, endpoint=cfg.endpoint, compression=cfg.compression,
                                        timeout_s=cfg.timeout_s, environ=env)
                ] if cfg.metrics.otlp_export else []
     metrics = make_meter_provider(resource, extra_readers=readers)
+    if not cfg.enabled:
+        return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler,
+                         metrics=metrics)
     health = ExportHealth(cfg.endpoint)
     sampler = build_sampler(cfg.sampler)
     provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
