@@ -428,3 +428,22 @@ def test_a_default_config_keeps_the_lean_tracers_fast_path(tmp_path: Path, text:
         assert isinstance(tracer, LeanTracer) and tracer.sampler is DEFAULT_ON
     finally:
         telemetry.shutdown(5)
+
+
+def test_the_lean_tracers_shortcut_decides_as_should_sample() -> None:
+    """tracing/lean.py asks `sampled()` instead of `should_sample()`: the same answers."""
+    sampler = build_sampler(load_tracing_config(SHIPPED_CONF, environ={}).sampler)
+    assert isinstance(sampler, RuleBasedSampler)
+    rng = random.Random(7)
+    for _ in range(2000):
+        trace_id = rng.getrandbits(128)
+        name, attrs = rng.choice([("GET", {"url.path": "/health"}), ("GET", {"url.path": "/kv/a"}),
+                                  ("GET", {"url.path": "/debug/traces"}), ("kv.put", {})])
+        full = sampler.should_sample(None, trace_id, name, SpanKind.SERVER, attrs)
+        assert sampler.sampled(None, trace_id, name, attrs) == (full.decision is Decision.RECORD_AND_SAMPLE)
+    for flags in (TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)):
+        parent = SpanContext(1, 2, is_remote=True, trace_flags=flags)
+        full = sampler.should_sample(trace.set_span_in_context(NonRecordingSpan(parent)), 1, "GET",
+                                     SpanKind.SERVER, {"url.path": "/health"})
+        assert sampler.sampled(parent, 1, "GET", {"url.path": "/health"}) == (
+            full.decision is Decision.RECORD_AND_SAMPLE)

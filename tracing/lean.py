@@ -31,6 +31,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from tracing.sampling import RuleBasedSampler
+
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
@@ -66,6 +68,10 @@ class LeanTracer(trace.Tracer):
             # The default sampler's whole decision, without building a SamplingResult:
             # follow the parent's sampled flag, sample roots.
             sampled = recording = parent is None or parent.trace_flags.sampled
+            trace_state = parent.trace_state if parent is not None else None
+        elif type(self.sampler) is RuleBasedSampler:  # not a subclass that decides otherwise
+            # Ours: the same decision as its should_sample, without building a result.
+            sampled = recording = self.sampler.sampled(parent, trace_id, name, attributes)
             trace_state = parent.trace_state if parent is not None else None
         else:
             decision = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)

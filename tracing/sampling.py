@@ -51,7 +51,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, get_current_span
+from opentelemetry.trace import Link, SpanContext, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
@@ -289,6 +289,18 @@ class RuleBasedSampler(Sampler):
             if compiled.matches(name, attributes):
                 return compiled.rule.ratio
         return self.default_ratio
+
+    def sampled(self, parent: SpanContext | None, trace_id: int, name: str,
+                attributes: Attributes) -> bool:
+        """The decision alone, for tracing/lean.py (no SamplingResult, no attribute copy)."""
+        if parent is not None:
+            return bool(parent.trace_flags.sampled)
+        bound = self._default_bound
+        for compiled in self._compiled:
+            if compiled.matches(name, attributes):
+                bound = compiled.bound
+                break
+        return trace_id & _TRACE_ID_LIMIT < bound
 
     def should_sample(
         self, parent_context: Context | None, trace_id: int, name: str,
