@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -32,6 +32,7 @@ from opentelemetry._logs import Logger, SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 
 from server.errors import ConfigError
+from tracing.config_tables import checked_table, flag
 
 FORMATS = ("text", "json")
 LOGS_KEYS = ("format", "otlp_export")
@@ -52,18 +53,11 @@ class LogsConfig:
 
 def parse_logs_table(table: Any, where: str = "") -> LogsConfig:
     prefix = f"{where}: " if where else ""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{prefix}logs must be a table")
-    for key in table:
-        if key not in LOGS_KEYS:
-            raise ConfigError(f"{prefix}unknown key logs.{key}")
+    table = checked_table(table, "logs", LOGS_KEYS, prefix)
     fmt = table.get("format", "text")
     if fmt not in FORMATS:
         raise ConfigError(f"{prefix}logs.format must be \"text\" or \"json\" (got {fmt!r})")
-    otlp = table.get("otlp_export", False)
-    if not isinstance(otlp, bool):
-        raise ConfigError(f"{prefix}logs.otlp_export must be true or false (got {otlp!r})")
-    return LogsConfig(format=fmt, otlp_export=otlp)
+    return LogsConfig(format=fmt, otlp_export=flag(table, "logs", "otlp_export", False, prefix))
 
 
 # -- correlation fields ------------------------------------------------------------

@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from server.errors import ConfigError
+from tracing.config_tables import checked_table, flag
 
 log = logging.getLogger("tracing.export")
 
@@ -40,14 +41,8 @@ class MetricsConfig:
 
 def parse_metrics_table(table: Any, where: str = "") -> MetricsConfig:
     prefix = f"{where}: " if where else ""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{prefix}metrics must be a table")
-    for key in table:
-        if key not in METRICS_KEYS:
-            raise ConfigError(f"{prefix}unknown key metrics.{key}")
-    otlp = table.get("otlp_export", True)
-    if not isinstance(otlp, bool):
-        raise ConfigError(f"{prefix}metrics.otlp_export must be true or false (got {otlp!r})")
+    table = checked_table(table, "metrics", METRICS_KEYS, prefix)
+    otlp = flag(table, "metrics", "otlp_export", True, prefix)
     interval = table.get("interval_s", 30.0)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
         raise ConfigError(f"{prefix}metrics.interval_s must be a positive number (got {interval!r})")
@@ -111,12 +106,12 @@ class QuietMetricExporter(MetricExporter):
 
 def make_otlp_metric_reader(cfg: MetricsConfig, *, endpoint: str, compression: str, timeout_s: float,
                             environ: Mapping[str, str]) -> PeriodicExportingMetricReader:
-    from grpc import Compression
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
+    from tracing.otlp_exporter import grpc_compression
+
     endpoint = environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or endpoint
-    grpc_compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate,
-                        "none": Compression.NoCompression}[compression]
-    exporter = OTLPMetricExporter(endpoint=endpoint, compression=grpc_compression, timeout=timeout_s)
+    exporter = OTLPMetricExporter(endpoint=endpoint, compression=grpc_compression(compression),
+                                  timeout=timeout_s)
     return PeriodicExportingMetricReader(QuietMetricExporter(exporter, endpoint),
                                          export_interval_millis=cfg.interval_s * 1000)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from grpc import Compression
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
@@ -32,6 +33,13 @@ class _RawTraceService:
     def __init__(self, channel: Any) -> None:
         self.Export = channel.unary_unary(EXPORT_METHOD, request_serializer=_identity,
                                           response_deserializer=ExportTraceServiceResponse.FromString)
+
+
+def grpc_compression(name: str) -> Compression:
+    """gRPC's compression for a `traces.compression` value (gzip, deflate, none): one
+    setting for every signal the node exports (spans, metrics, logs)."""
+    return {"gzip": Compression.Gzip, "deflate": Compression.Deflate,
+            "none": Compression.NoCompression}[name]
 
 
 def _identity(request: bytes) -> bytes:

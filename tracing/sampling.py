@@ -57,6 +57,7 @@ from opentelemetry.util.types import Attributes
 
 from server.errors import ConfigError
 from tracing import spans as S
+from tracing.config_tables import checked_table
 
 RULE_KEYS = ("name", "route", "path", "ratio")
 MATCHER_KEYS = ("name", "route", "path")
@@ -154,11 +155,7 @@ def parse_sampler_table(table: Any, where: str = "") -> SamplerConfig:
     Raises ConfigError naming the offending key.
     """
     prefix = f"{where}: " if where else ""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{prefix}traces.sampler must be a table")
-    for k in table:
-        if k not in SAMPLER_KEYS:
-            raise ConfigError(f"{prefix}unknown key traces.sampler.{k}")
+    table = checked_table(table, "traces.sampler", SAMPLER_KEYS, prefix)
     default_ratio = _ratio(table.get("default_ratio", 1.0), "traces.sampler.default_ratio", prefix)
     rules = table.get("rules", [])
     if not isinstance(rules, list):

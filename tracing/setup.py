@@ -155,25 +155,21 @@ def make_resource(cfg: TracingConfig, node_name: str) -> Resource:
 
 
 def make_otlp_exporter(cfg: TracingConfig) -> SpanExporter:
-    from grpc import Compression
+    from tracing.otlp_exporter import FastOTLPSpanExporter, grpc_compression
 
-    from tracing.otlp_exporter import FastOTLPSpanExporter
-
-    compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate,
-                   "none": Compression.NoCompression}[cfg.compression]
-    return FastOTLPSpanExporter(endpoint=cfg.endpoint, compression=compression, timeout=cfg.timeout_s)
+    return FastOTLPSpanExporter(endpoint=cfg.endpoint, compression=grpc_compression(cfg.compression),
+                                timeout=cfg.timeout_s)
 
 
 def make_otlp_log_exporter(cfg: TracingConfig, environ: Mapping[str, str] | None = None) -> LogRecordExporter:
     """OTLP gRPC logs to the traces' endpoint (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, when set, wins)."""
-    from grpc import Compression
     from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
+    from tracing.otlp_exporter import grpc_compression
+
     env = os.environ if environ is None else environ
-    compression = {"gzip": Compression.Gzip, "deflate": Compression.Deflate,
-                   "none": Compression.NoCompression}[cfg.compression]
     return OTLPLogExporter(endpoint=env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or cfg.endpoint,
-                           compression=compression, timeout=cfg.timeout_s)
+                           compression=grpc_compression(cfg.compression), timeout=cfg.timeout_s)
 
 
 class Telemetry:
