@@ -69,32 +69,3 @@ def test_full_queue_drops_and_counts_without_logging(caplog: pytest.LogCaptureFi
     inner.release.set()
     provider.shutdown()
     assert len(inner.exported) == 20
-
-
-def test_spans_are_prepared_as_they_end_and_not_when_dropped() -> None:
-    inner = Switchable(hold=True)
-    health = ExportHealth("x")
-    prepared: list[str] = []
-
-    def prepare(span: ReadableSpan) -> str:
-        prepared.append(span.name)
-        return f"encoded {span.name}"
-
-    processor = CountingBatchSpanProcessor(
-        HealthReportingExporter(inner, health), health, max_queue_size=10,
-        schedule_delay_millis=60_000, max_export_batch_size=10, export_timeout_millis=1000,
-        prepare=prepare)
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(processor)
-    tracer = provider.get_tracer("t")
-    for i in range(10):
-        tracer.start_span(f"s{i}").end()
-    assert inner.entered.wait(5)
-    for i in range(10, 25):  # 10 fit, 5 are dropped before anything is spent on them
-        tracer.start_span(f"s{i}").end()
-    assert prepared == [f"s{i}" for i in range(20)]
-    assert health.snapshot()["dropped_spans"] == 5
-    inner.up = True
-    inner.release.set()
-    provider.shutdown()
-    assert sorted(map(str, inner.exported)) == sorted(f"encoded s{i}" for i in range(20))

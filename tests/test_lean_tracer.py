@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
@@ -84,3 +85,47 @@ def test_other_samplers_decide() -> None:
 def test_non_sdk_provider_gets_its_own_tracer() -> None:
     tracer = tracer_for(trace.NoOpTracerProvider(), "x")
     assert not tracer.start_span("s").is_recording()
+
+
+class _Recorder(SpanProcessor):
+    def __init__(self) -> None:
+        self.started: list[tuple[str, object]] = []
+        self.ended: list[str] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended.append(span.name)
+
+
+class _Starting(_Recorder):
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.started.append((span.name, parent_context))
+
+
+def test_processors_added_later_are_called_and_starts_reach_those_that_want_them() -> None:
+    provider = TracerProvider(shutdown_on_exit=False)
+    tracer = tracer_for(provider, "t")
+    first = _Starting()
+    provider.add_span_processor(first)
+    tracer.start_span("one").end()
+    later = _Recorder()  # the base class's on_start: not called, not needed
+    provider.add_span_processor(later)
+    remote = SpanContext(5, 6, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    parent = trace.set_span_in_context(NonRecordingSpan(remote))
+    tracer.start_span("two", context=parent).end()
+    assert first.started == [("one", None), ("two", parent)]
+    assert first.ended == ["one", "two"] and later.ended == ["two"]
+
+
+def test_span_context_is_what_the_sdk_would_build() -> None:
+    tracer, _ = _setup()
+    root = tracer.start_span("root")
+    child = tracer.start_span("child", context=trace.set_span_in_context(root))
+    for span in (root, child):
+        ctx = span.get_span_context()
+        rebuilt = SpanContext(ctx.trace_id, ctx.span_id, is_remote=False, trace_flags=ctx.trace_flags,
+                              trace_state=ctx.trace_state)
+        assert ctx == rebuilt and type(ctx) is SpanContext
+        assert ctx.is_valid and not ctx.is_remote and ctx.trace_flags.sampled
+        assert 0 < ctx.trace_id < 2**128 and 0 < ctx.span_id < 2**64
+        assert dict(ctx.trace_state) == {}
+    assert child.get_span_context().trace_id == root.get_span_context().trace_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -12,6 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 
+from tracing import otlp_encoding
+from tracing.lean import tracer_for
 from tracing.otlp_encoding import OtlpTraceEncoder
 
 
@@ -59,13 +62,24 @@ def test_empty_batch() -> None:
     assert ExportTraceServiceRequest.FromString(b"") == encode_spans([])
 
 
-def test_spans_encoded_as_they_end_give_the_same_request() -> None:
-    """What the node does: CountingBatchSpanProcessor queues `prepare(span)` (encoded on
-    the thread that ends the span); the export thread only groups and joins them."""
-    spans = _spans()
-    prepared = [OtlpTraceEncoder().prepare(span) for span in spans]
-    mixed = prepared[::2] + spans[1::2]  # both kinds may meet in one batch
-    request = ExportTraceServiceRequest.FromString(OtlpTraceEncoder().encode(prepared))
-    assert request == encode_spans(spans)
-    assert ExportTraceServiceRequest.FromString(OtlpTraceEncoder().encode(mixed)) == encode_spans(
-        spans[::2] + spans[1::2])
+def test_lean_spans_and_the_pair_cache_match_the_sdk_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our own spans hold plain dicts and lists (the encoder's fast path); a key whose
+    value changes type (1, True, 1.0 are equal in Python) must not reuse a cached pair,
+    and a cache that fills up starts again without changing the bytes."""
+    monkeypatch.setattr(otlp_encoding, "_CACHE_LIMIT", 5)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "webserver"}), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = tracer_for(provider, "webserver")
+    with tracer.start_as_current_span("root", kind=SpanKind.SERVER, attributes={"x": 1, "s": "a"}) as root:
+        root.add_event("e", {"k": "v"})
+        values: tuple[int | bool | float | str, ...] = (1, True, 1.0, "1", 0, False, 0.0, -1, 2**40)
+        for i, value in enumerate(values):
+            tracer.start_span(f"s{i}", attributes={"x": value, "n": i, "s": "a"},
+                              links=[Link(root.get_span_context(), {"i": i})]).end()
+        root.set_status(Status(StatusCode.ERROR, "why"))
+    spans = list(exporter.get_finished_spans())
+    assert all(type(s._attributes) is dict for s in spans)  # the fast path is what is tested
+    encoder = OtlpTraceEncoder()
+    for _ in range(3):
+        assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)

@@ -140,30 +140,36 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def __init__(self, exporter: SpanExporter, health: ExportHealth, *, max_queue_size: int,
                  schedule_delay_millis: int, max_export_batch_size: int,
-                 export_timeout_millis: int,
-                 prepare: Callable[[ReadableSpan], Any] | None = None) -> None:
+                 export_timeout_millis: int) -> None:
         super().__init__(exporter, max_queue_size=max_queue_size,
                          schedule_delay_millis=schedule_delay_millis,
                          max_export_batch_size=max_export_batch_size,
                          export_timeout_millis=export_timeout_millis)
         self.health = health
-        # The SDK's queue (a bounded deque); read-only here, for its length.
-        self._queue = getattr(self._batch_processor, "_queue", None)
+        # The SDK's queue (a bounded deque) and worker wake-up, used by on_end.
+        batch = self._batch_processor
+        self._queue = getattr(batch, "_queue", None)
+        self._awaken = getattr(batch, "_worker_awaken", None)
         self._limit = max_queue_size
+        self._batch_size = max_export_batch_size
         queue = self._queue
         health.queue_size = (lambda: len(queue)) if queue is not None else (lambda: 0)
-        # The exporter's own encoding, run as each span ends instead of all at once
-        # on the export thread (tracing/otlp_exporter.py says why).
-        self._prepare = prepare
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         self.health.started += 1
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._queue is not None and len(self._queue) >= self._limit:
-            self.health.span_dropped()  # before encoding: a dead collector costs nothing more
+        queue, awaken = self._queue, self._awaken
+        if queue is None or awaken is None or self._batch_processor._shutdown:
+            super().on_end(span)  # another SDK layout, or shut down: the SDK's own path
             return
-        if self._prepare is None:
-            super().on_end(span)
-        elif span.context is not None and span.context.trace_flags.sampled:
-            self._batch_processor.emit(self._prepare(span))
+        if not (span.context and span.context.trace_flags.sampled):
+            return
+        if len(queue) >= self._limit:
+            self.health.span_dropped()
+            return
+        # The SDK's emit(), without its per-span fork check (a getpid() system call:
+        # the node never forks once tracing has started).
+        queue.appendleft(span)
+        if len(queue) >= self._batch_size and not awaken.is_set():
+            awaken.set()

@@ -12,23 +12,31 @@ exporters see no difference.
 What it leaves out, on purpose: attribute validation and limits (callers pass
 str/int/float/bool values and clip client-supplied strings, see spans.clip),
 locks (a span belongs to one Trio task), and span limits on events and links.
+
+Each span's start and end run on the event loop's thread for every request, so
+the path is kept short: the provider's processors are called directly (only
+those that do something at start), ids come straight from `random` when the
+provider uses the SDK's random generator, and the span context is built
+without re-validating ids that are valid by construction.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from random import getrandbits
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from tracing.sampling import RuleBasedSampler
@@ -36,6 +44,17 @@ from tracing.sampling import RuleBasedSampler
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_NO_TRACE_STATE = TraceState()
+_OnStart = Callable[..., None]
+_OnEnd = Callable[[ReadableSpan], None]
+
+
+def _random_id(bits: int) -> int:
+    """What RandomIdGenerator returns, without its two calls."""
+    value = getrandbits(bits)
+    while not value:
+        value = getrandbits(bits)
+    return value
 
 
 def tracer_for(provider: trace.TracerProvider, name: str) -> trace.Tracer:
@@ -52,7 +71,24 @@ class LeanTracer(trace.Tracer):
         self.resource = provider.resource
         self.sampler = provider.sampler
         self.ids = provider.id_generator
+        self.random_ids = type(self.ids) is RandomIdGenerator
         self.scope = InstrumentationScope(name)
+        self._seen: object = None
+        self._on_start: tuple[_OnStart, ...] = ()
+        self._on_end: tuple[_OnEnd, ...] = ()
+
+    def _dispatch(self) -> tuple[tuple[_OnStart, ...], tuple[_OnEnd, ...]]:
+        """The processors' on_start (those that override it) and on_end, re-read
+        whenever the provider's tuple of processors has been replaced (one is added)."""
+        processors = getattr(self.processor, "_span_processors", None)
+        if processors is None:  # not the SDK's multi-processor: call it as it is
+            return (self.processor.on_start,), (self.processor.on_end,)
+        if processors is not self._seen:
+            self._on_start = tuple(p.on_start for p in processors
+                                   if type(p).on_start is not SpanProcessor.on_start)
+            self._on_end = tuple(p.on_end for p in processors)
+            self._seen = processors
+        return self._on_start, self._on_end
 
     def start_span(  # type: ignore[override]
         self, name: str, context: otel_context.Context | None = None,
@@ -62,7 +98,9 @@ class LeanTracer(trace.Tracer):
     ) -> trace.Span:
         current = trace.get_current_span(context).get_span_context()
         parent = current if current.is_valid else None
-        trace_id = parent.trace_id if parent is not None else self.ids.generate_trace_id()
+        random_ids = self.random_ids
+        trace_id = (parent.trace_id if parent is not None
+                    else _random_id(128) if random_ids else self.ids.generate_trace_id())
         attrs = dict(attributes) if attributes else {}
         if self.sampler is DEFAULT_ON:
             # The default sampler's whole decision, without building a SamplingResult:
@@ -80,14 +118,21 @@ class LeanTracer(trace.Tracer):
             trace_state = decision.trace_state
             if decision.attributes:
                 attrs.update(decision.attributes)
-        span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
-                                   trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
-                                   trace_state=trace_state)
+        flags = _SAMPLED if sampled else _NOT_SAMPLED
+        if random_ids:
+            # Both ids are valid by construction: the tuple SpanContext() would build.
+            span_context = tuple.__new__(SpanContext, (trace_id, _random_id(64), False, flags,
+                                                       trace_state or _NO_TRACE_STATE, True))
+        else:
+            span_context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False,
+                                       trace_flags=flags, trace_state=trace_state)
         if not recording:
             return trace.NonRecordingSpan(span_context)
+        on_start, on_end = self._dispatch()
         span = LeanSpan(self, name, span_context, parent, kind, attrs, list(links or ()),
-                        start_time if start_time is not None else time.time_ns())
-        self.processor.on_start(span, parent_context=context)  # type: ignore[arg-type]
+                        start_time if start_time is not None else time.time_ns(), on_end)
+        for call in on_start:
+            call(span, parent_context=context)
         return span
 
     @contextmanager
@@ -108,11 +153,23 @@ class LeanSpan(trace.Span, ReadableSpan):
     """A span that is its own ReadableSpan, as the SDK's Span is."""
 
     def __init__(self, tracer: LeanTracer, name: str, context: SpanContext, parent: SpanContext | None,
-                 kind: SpanKind, attributes: dict[str, Any], links: list[Link], start: int) -> None:
-        ReadableSpan.__init__(self, name=name, context=context, parent=parent, resource=tracer.resource,
-                              attributes=attributes, events=[], links=links, kind=kind,
-                              status=_UNSET, start_time=start, instrumentation_scope=tracer.scope)
-        self._processor = tracer.processor
+                 kind: SpanKind, attributes: dict[str, Any], links: list[Link], start: int,
+                 on_end: tuple[_OnEnd, ...]) -> None:
+        # ReadableSpan.__init__'s fields, set here without its keyword call.
+        self._name = name
+        self._context = context
+        self._kind = kind
+        self._instrumentation_info = None
+        self._instrumentation_scope = tracer.scope
+        self._parent = parent
+        self._start_time = start
+        self._end_time: int | None = None
+        self._attributes = attributes
+        self._events: list[Event] = []
+        self._links = links
+        self._resource = tracer.resource
+        self._status = _UNSET
+        self._on_end = on_end
 
     def get_span_context(self) -> SpanContext:
         return self._context  # type: ignore[return-value]
@@ -164,4 +221,5 @@ class LeanSpan(trace.Span, ReadableSpan):
         if self._end_time is not None:
             return
         self._end_time = end_time if end_time is not None else time.time_ns()
-        self._processor.on_end(self)
+        for call in self._on_end:
+            call(self)

@@ -1,16 +1,17 @@
 """The node's metrics: OpenTelemetry instruments, read two ways at once.
 
-A Prometheus reader on a registry of the node's own serves `GET /metrics`; when
-telemetry export is on, a periodic reader also pushes OTLP to the traces'
-endpoint (its exporter runs on the reader's own thread). Names follow the
+One reader (tracing/metrics_export.py, NodeMetricReader) on a registry of the
+node's own serves `GET /metrics`; when telemetry export is on, the same reader
+also pushes OTLP to the traces' endpoint from a thread of its own. Names follow the
 stable HTTP semantic conventions where one exists, `webserver.*` otherwise;
 Prometheus sees them with dots as underscores, the unit as a suffix and
 `_total` on counters (`http_server_request_duration_seconds`,
 `webserver_websocket_messages_total`).
 
-Histograms keep exemplars (trace and span id of a sampled span current when the
-value was recorded) with the SDK's default trace-based filter; they travel with
-OTLP (the text scrape format has no exemplars).
+The request and chat-broadcast duration histograms keep exemplars (trace and
+span id of a sampled span current when the value was recorded) with the SDK's
+default trace-based filter; they travel with OTLP (the text scrape format has
+no exemplars). The other instruments keep none (tracing/exemplars.py says why).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 
+from tracing.exemplars import exemplar_views
 from tracing.export_health import ExportHealth
 
 # The HTTP semantic conventions' advisory buckets for request durations, seconds.
@@ -33,6 +35,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
 RECIPIENT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 Counts = Callable[[], Mapping[tuple[tuple[str, str], ...], float]]
+
 
 
 @dataclass
@@ -43,16 +46,17 @@ class MetricsHandle:
     registry: CollectorRegistry
 
 
-def make_meter_provider(resource: Resource | None = None, *,
+def make_meter_provider(resource: Resource | None = None, *, push: MetricExporter | None = None,
+                        push_interval_s: float = 30.0,
                         extra_readers: Iterable[MetricReader] = ()) -> MetricsHandle:
-    """A provider with a Prometheus reader on a registry of its own (plus extra readers:
-    the OTLP periodic reader, or an in-memory one in tests)."""
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    """A provider whose reader serves a registry of its own and, given `push`, exports
+    to it every `push_interval_s` (extra readers: an in-memory one in tests)."""
+    from tracing.metrics_export import NodeMetricReader
 
     registry = CollectorRegistry()
-    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *extra_readers]
+    readers: list[MetricReader] = [NodeMetricReader(registry, push, push_interval_s), *extra_readers]
     provider = SdkMeterProvider(metric_readers=readers, resource=resource or Resource.create({}),
-                                shutdown_on_exit=False)
+                                shutdown_on_exit=False, views=exemplar_views())
     return MetricsHandle(provider, registry)
 
 

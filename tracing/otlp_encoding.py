@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
 _CACHE_LIMIT = 8192
 _HAS_IS_REMOTE = 0x100  # SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
@@ -75,12 +75,8 @@ def _key_value(key: str, value: Any) -> bytes:
     return _field(b"\x0a", key.encode("utf-8")) + _field(b"\x12", _any_value(value))
 
 
-class EncodedSpan(NamedTuple):
-    """A finished span already written as OTLP bytes, with what groups it in a request."""
-
-    body: bytes  # the Span message body
-    resource: Resource
-    scope: InstrumentationScope | None
+# Span.kind, field 6: the proto enum counts from UNSPECIFIED.
+_KIND = {kind: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}
 
 
 class OtlpTraceEncoder:
@@ -88,10 +84,39 @@ class OtlpTraceEncoder:
 
     def __init__(self) -> None:
         self._pairs: dict[tuple[bytes, str, type, Any], bytes] = {}
+        self._span_pairs: dict[str, dict[Any, bytes]] = {}
+        self._span_pair_count = 0
         # Keyed by id(): Resource.__hash__ JSON-encodes its attributes on every
         # call. The object is kept beside its bytes, so its id cannot be reused.
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
+
+    def _span_attributes(self, attributes: Mapping[str, Any] | None) -> bytes:
+        """Span.attributes: `_attributes` with tag 0x4a, and for the common case (a plain
+        dict of str and int values, what our spans hold) a cache keyed by key, then value,
+        without building a tuple per attribute."""
+        if type(attributes) is not dict:
+            return self._attributes(b"\x4a", attributes)
+        by_key = self._span_pairs
+        out = []
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind is str or kind is int:  # bool and float go below: True == 1 == 1.0
+                values = by_key.get(key)
+                if values is None:
+                    values = by_key[key] = {}
+                encoded = values.get(value)
+                if encoded is None:
+                    if self._span_pair_count >= _CACHE_LIMIT:
+                        by_key.clear()
+                        self._span_pair_count = 0
+                        values = by_key[key] = {}
+                    encoded = values[value] = _field(b"\x4a", _key_value(key, value))
+                    self._span_pair_count += 1
+                out.append(encoded)
+            else:
+                out.append(self._attributes(b"\x4a", {key: value}))
+        return b"".join(out)
 
     def _attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         """Each attribute as a repeated KeyValue field with the given tag."""
@@ -101,7 +126,8 @@ class OtlpTraceEncoder:
         out = []
         # BoundedAttributes iterates through the Mapping ABC, a call per item;
         # its plain dict is read directly when it is there (the tests cover both).
-        for key, value in getattr(attributes, "_dict", attributes).items():
+        items = attributes if type(attributes) is dict else getattr(attributes, "_dict", attributes)
+        for key, value in items.items():
             if isinstance(value, (str, int, float, bool)):
                 cache_key = (tag, key, type(value), value)
                 encoded = pairs.get(cache_key)
@@ -147,11 +173,12 @@ class OtlpTraceEncoder:
         parent = span._parent
         if parent:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        parts += (_field(b"\x2a", span._name.encode("utf-8")),
-                  b"\x30", _varint(span._kind.value + 1),  # the proto enum counts from UNSPECIFIED
+        attributes = span._attributes
+        parts += (_field(b"\x2a", span._name.encode("utf-8")), _KIND[span._kind],
                   b"\x39", _pack_q(span._start_time or 0), b"\x41", _pack_q(span._end_time or 0),
-                  self._attributes(b"\x4a", span._attributes))
-        if span.dropped_attributes:
+                  self._span_attributes(attributes))
+        # Plain dicts and lists (our lean spans) never drop anything.
+        if type(attributes) is not dict and span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
         for event in span._events:
             body = b"\x09" + _pack_q(event.timestamp) + _field(b"\x12", event.name.encode("utf-8"))
@@ -159,7 +186,7 @@ class OtlpTraceEncoder:
             if event.dropped_attributes:
                 body += b"\x20" + _varint(event.dropped_attributes)
             parts.append(_field(b"\x5a", body))
-        if span.dropped_events:
+        if type(span._events) is not list and span.dropped_events:
             parts += (b"\x60", _varint(span.dropped_events))
         for link in span._links:
             lc = link.context
@@ -169,33 +196,29 @@ class OtlpTraceEncoder:
                 body += b"\x28" + _varint(link.dropped_attributes)
             body += b"\x35" + _pack_i(_HAS_IS_REMOTE | (_IS_REMOTE if lc.is_remote else 0))
             parts.append(_field(b"\x6a", body))
-        if span.dropped_links:
+        if type(span._links) is not list and span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
         status = span._status
-        if status.description or status.status_code.value:
+        if status.status_code is StatusCode.UNSET and not status.description:
+            parts.append(_EMPTY_STATUS)
+        else:
             body = _field(b"\x12", status.description.encode("utf-8")) if status.description else b""
             if status.status_code.value:
                 body += b"\x18" + _varint(status.status_code.value)
             parts.append(_field(b"\x7a", body))
-        else:
-            parts.append(_EMPTY_STATUS)
         parts.append(_FLAGS_REMOTE if _is_remote(parent) else _FLAGS_LOCAL)
         return b"".join(parts)
 
-    def prepare(self, span: ReadableSpan) -> EncodedSpan:
-        return EncodedSpan(self.span(span), span.resource, span.instrumentation_scope or None)
-
-    def encode(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
+    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """An ExportTraceServiceRequest holding spans, grouped by resource and scope."""
         grouped: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
         resources: dict[int, Resource] = {}
         for span in spans:
-            if not isinstance(span, EncodedSpan):
-                span = self.prepare(span)
             resource = span.resource
             resources[id(resource)] = resource
             by_scope = grouped.setdefault(id(resource), {})
-            by_scope.setdefault(span.scope, []).append(_field(b"\x12", span.body))  # ScopeSpans.spans
+            by_scope.setdefault(span.instrumentation_scope or None, []).append(
+                _field(b"\x12", self.span(span)))  # ScopeSpans.spans
         out = []
         for resource_id, by_scope in grouped.items():
             resource = resources[resource_id]

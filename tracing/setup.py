@@ -32,7 +32,7 @@ from server.errors import ConfigError
 from tracing.export_health import CountingBatchSpanProcessor, ExportHealth, HealthReportingExporter
 from tracing.log_correlation import LogsConfig, OtlpLogHandler, parse_logs_table, set_log_identity
 from tracing.metrics import MetricsHandle, make_meter_provider
-from tracing.metrics_export import MetricsConfig, make_otlp_metric_reader, parse_metrics_table
+from tracing.metrics_export import MetricsConfig, make_otlp_metric_exporter, parse_metrics_table
 from tracing.metrics_export import with_environment as metrics_with_environment
 from tracing.sampling import (
     SamplerConfig,
@@ -262,10 +262,10 @@ def configure_tracing(
         if cfg.logs.otlp_export else (None, None))
     # Metrics do not depend on traces being on (OTEL_TRACES_EXPORTER=none keeps them).
     env = os.environ if environ is None else environ
-    readers = [make_otlp_metric_reader(cfg.metrics, endpoint=cfg.endpoint, compression=cfg.compression,
-                                       timeout_s=cfg.timeout_s, environ=env)
-               ] if cfg.metrics.otlp_export else []
-    metrics = make_meter_provider(resource, extra_readers=readers)
+    push = (make_otlp_metric_exporter(endpoint=cfg.endpoint, compression=cfg.compression,
+                                      timeout_s=cfg.timeout_s, environ=env)
+            if cfg.metrics.otlp_export else None)
+    metrics = make_meter_provider(resource, push=push, push_interval_s=cfg.metrics.interval_s)
     if not cfg.enabled:
         return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler,
                          metrics=metrics)
@@ -275,7 +275,6 @@ def configure_tracing(
     inner = exporter if exporter is not None else make_otlp_exporter(cfg)
     provider.add_span_processor(CountingBatchSpanProcessor(
         HealthReportingExporter(inner, health), health,
-        prepare=getattr(inner, "prepare", None),
         max_queue_size=cfg.max_queue_size,
         schedule_delay_millis=cfg.schedule_delay_ms,
         max_export_batch_size=cfg.max_export_batch_size,

@@ -28,9 +28,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import StatusCode
 
 TRACES_GET = "traces.get"  # cluster message: {"trace_id"} -> {"node", "spans", "truncated"}
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
@@ -51,10 +50,7 @@ class SpanBuffer(SpanProcessor):
         self.node = node
         self._spans: deque[ReadableSpan] = deque(maxlen=max_spans)
 
-    # -- the hot path ----------------------------------------------------------
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
+    # -- the hot path (on_start is the base class's no-op) -----------------------
     def on_end(self, span: ReadableSpan) -> None:
         self._spans.append(span)
 
