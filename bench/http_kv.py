@@ -1,9 +1,19 @@
-"""HTTP `GET /kv/{key}` requests/s on a real node: tracing on, off, and collector down.
+"""HTTP `GET /kv/{key}` requests/s on real nodes: tracing on, off, and collector down.
 
-`python -m bench.http_kv [--rounds 11] [--seconds 3]`. Each run starts a fresh
-node (`python -m server`) pinned to the server core, puts a key, warms up, then
-measures with `wrk` (or the Python keep-alive client when wrk is missing) pinned
-to the other core. Variants alternate (on off down on off down ...):
+`python -m bench.http_kv [--cycles 30] [--seconds 2]`. One node per variant
+(`python -m server`), all pinned to the server core and started at once, each
+with a key put; then the load (`wrk`, or the Python keep-alive client when wrk
+is missing, pinned to the other core) visits them in turn, one slice of
+`--seconds` each, for `--cycles` cycles (the order reversed every other cycle).
+Only one node is loaded at a time; the others sit idle.
+
+Why slices and not a fresh node per run: this VM's speed drifts by ±15% from
+one two-second window to the next, within one process as much as between
+processes. Slices a few seconds apart see the same machine, so each variant's
+total over all its slices (and each cycle's paired ratio) compares like with
+like. The exporting node's leftover spans (fewer than a batch) may be sent
+during another node's slice: at most ~8 ms of CPU per cycle (<0.5%) in the
+other variants' disfavour, so on/off is if anything understated.
 
 - on:   OTLP gRPC export to a live receiver (bench.otlp_sink, on the load core)
 - off:  tracing off (OTEL_TRACES_EXPORTER=none); metrics still recorded and pushed
@@ -11,8 +21,9 @@ to the other core. Variants alternate (on off down on off down ...):
 - none: no telemetry at all (OTEL_SDK_DISABLED=true: no traces, no metrics), to
         show what the metrics cost on their own (none vs off)
 The OTEL_BSP_* settings are left at their defaults. Budget: tracing may cost at
-most 10% of throughput, so on/off and down/off should be >= 0.90; the verdict
-uses the median over rounds of each round's own ratio (see paired_ratios).
+most 10% of throughput, so on/off and down/off should be >= 0.90: the verdict is
+the ratio of the variants' total requests over all slices; the median and range
+of the per-cycle ratios are printed beside it.
 """
 
 from __future__ import annotations
@@ -21,13 +32,13 @@ import argparse
 import http.client
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from bench.http_load import LoadResult, run_python, run_wrk, wrk_path
 from bench.otlp_sink import RECEIVED
-from bench.procs import Cores, choose_cores, free_port, node_env, pin_self, server
+from bench.procs import Child, Cores, choose_cores, free_port, node_env, pin_self, server
 from bench.report import banner, median, ratio, table
 
 VARIANTS = ("on", "off", "down", "none")
@@ -37,18 +48,10 @@ BUDGET = 0.90
 
 @dataclass(frozen=True)
 class Options:
-    rounds: int
+    cycles: int
     seconds: float
-    warmup: float
     connections: int
     client: str  # "wrk" or "python"
-
-
-@dataclass(frozen=True)
-class Run:
-    variant: str
-    load: LoadResult
-    spans: int | None  # spans the live receiver got, for "on"
 
 
 def put_key(url: str) -> None:
@@ -65,85 +68,85 @@ def put_key(url: str) -> None:
         conn.close()
 
 
-def load(url: str, opts: Options, seconds: float, cores: Cores) -> LoadResult:
+def load(url: str, opts: Options, cores: Cores) -> LoadResult:
     target = f"{url}/kv/{KEY}"
     if opts.client == "wrk":
-        return run_wrk(target, seconds=seconds, connections=opts.connections, threads=2, cpu=cores.client)
-    return run_python(target, seconds=seconds, connections=opts.connections)
+        return run_wrk(target, seconds=opts.seconds, connections=opts.connections, threads=2,
+                       cpu=cores.client)
+    return run_python(target, seconds=opts.seconds, connections=opts.connections)
+
+
+def variant_env(variant: str, endpoint: str | None) -> dict[str, str]:
+    env = node_env("off" if variant == "none" else "on", endpoint)
+    if variant == "off":
+        env["OTEL_TRACES_EXPORTER"] = "none"
+    return env
 
 
 @contextmanager
-def collector(variant: str, cores: Cores) -> Iterator[tuple[str | None, list[int]]]:
-    """Yields (endpoint or None, a list that receives the span count after the sink stops)."""
+def nodes(cores: Cores) -> Iterator[tuple[dict[str, str], list[int]]]:
+    """Every variant's node, started at once: yields ({variant: URL}, a list that
+    receives the live receiver's span count once it has stopped)."""
     counted: list[int] = []
-    if variant == "none":
-        yield None, counted
-    elif variant in ("down", "off"):
-        yield f"http://127.0.0.1:{free_port()}", counted
-    else:
-        sink = None
-        try:
-            with server("bench.otlp_sink", cores.client, node_env("off"), name="otlp-sink") as (sink, url):
-                yield url, counted
-        finally:
-            if sink is not None and sink.final_output and (m := RECEIVED.search(sink.final_output)):
-                counted.append(int(m.group(1)))
-
-
-def run_once(variant: str, opts: Options, cores: Cores) -> Run:
-    with collector(variant, cores) as (endpoint, counted):
-        env = node_env("off" if variant == "none" else "on", endpoint)
-        if variant == "off":
-            env["OTEL_TRACES_EXPORTER"] = "none"
-        with server("server", cores.server, env, name=f"node-{variant}") as (_node, url):
+    with ExitStack() as stack:
+        sink, sink_url = stack.enter_context(
+            server("bench.otlp_sink", cores.client, node_env("off"), name="otlp-sink"))
+        stack.callback(lambda: counted.append(_received(sink)))
+        urls = {}
+        for variant in VARIANTS:
+            endpoint = {"on": sink_url, "none": None}.get(variant, f"http://127.0.0.1:{free_port()}")
+            _node, url = stack.enter_context(
+                server("server", cores.server, variant_env(variant, endpoint), name=f"node-{variant}"))
             put_key(url)
-            load(url, opts, opts.warmup, cores)
-            result = load(url, opts, opts.seconds, cores)
-    return Run(variant, result, counted[0] if counted else None)
+            urls[variant] = url
+        yield urls, counted
 
 
-def paired_ratios(runs: list[Run], variant: str) -> list[float]:
-    """variant/off within each round: the runs of a round are adjacent in time, so
-    the VM's slow drift (±8% between minutes here) cancels out of each ratio."""
-    rounds = [runs[i:i + len(VARIANTS)] for i in range(0, len(runs), len(VARIANTS))]
-    out = []
-    for group in rounds:
-        rate = {r.variant: r.load.rate for r in group}
-        if variant in rate and "off" in rate:
-            out.append(ratio(rate[variant], rate["off"]))
-    return out
+def _received(sink: Child) -> int:
+    sink.stop()
+    found = RECEIVED.search(sink.final_output or "")
+    return int(found.group(1)) if found else -1
 
 
-def summarize(runs: list[Run]) -> str:
-    rates = {v: [r.load.rate for r in runs if r.variant == v] for v in VARIANTS}
-    med = {v: median(rates[v]) for v in VARIANTS}
+def cycle_ratios(slices: dict[str, list[LoadResult]], variant: str) -> list[float]:
+    """variant/off within each cycle: slices seconds apart, so the drift cancels."""
+    return [ratio(a.rate, b.rate) for a, b in zip(slices[variant], slices["off"], strict=True)]
+
+
+def total_rate(results: list[LoadResult]) -> float:
+    seconds = sum(r.seconds for r in results)
+    return sum(r.requests for r in results) / seconds if seconds else 0.0
+
+
+def summarize(slices: dict[str, list[LoadResult]]) -> str:
+    total = {v: total_rate(slices[v]) for v in VARIANTS}
     rows = []
     for v in VARIANTS:
-        paired = median(paired_ratios(runs, v)) if v != "off" else 1.0
-        verdict = "-" if v in ("off", "none") else ("within budget" if paired >= BUDGET else "OVER BUDGET")
-        rows.append([v, " ".join(f"{x:.0f}" for x in rates[v]), f"{med[v]:.0f}",
-                     f"{ratio(med[v], med['off']):.3f}", f"{paired:.3f}", verdict])
-    lines = [table(["tracing", "req/s per run", "median req/s", "ratio of medians",
-                    "median paired ratio", "10% budget"], rows)]
-    on, down = (median(paired_ratios(runs, v)) for v in ("on", "down"))
-    lines.append(f"on/off = {on:.3f}   down/off = {down:.3f}   (median of per-round ratios; "
-                 f"budget: >= {BUDGET:.2f})")
-    lines.append(f"metrics alone: off/none = {1 / median(paired_ratios(runs, 'none')):.3f} "
+        per_cycle = cycle_ratios(slices, v)
+        overall = ratio(total[v], total["off"])
+        verdict = "-" if v in ("off", "none") else ("within budget" if overall >= BUDGET else "OVER BUDGET")
+        rows.append([v, f"{total[v]:.0f}", f"{min(r.rate for r in slices[v]):.0f}-"
+                     f"{max(r.rate for r in slices[v]):.0f}", f"{overall:.3f}",
+                     f"{median(per_cycle):.3f} ({min(per_cycle):.2f}-{max(per_cycle):.2f})", verdict])
+    lines = [table(["tracing", "req/s over all slices", "slice range", "ratio to off",
+                    "per-cycle ratio: median (range)", "10% budget"], rows)]
+    on, down = (ratio(total[v], total["off"]) for v in ("on", "down"))
+    lines.append(f"on/off = {on:.3f}   down/off = {down:.3f}   "
+                 f"(requests over all slices; budget: >= {BUDGET:.2f})")
+    lines.append(f"metrics alone: off/none = {ratio(total['off'], total['none']):.3f} "
                  "(tracing off, metrics on, against no telemetry at all)")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(prog="python -m bench.http_kv", description=__doc__.splitlines()[0])
-    # This VM varies ~±8% minute to minute: many short rounds, compared within each round.
-    p.add_argument("--rounds", type=int, default=11)
-    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
-    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--cycles", type=int, default=30)
+    p.add_argument("--seconds", type=float, default=2.0, help="seconds of load per slice")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     a = p.parse_args(argv)
     client = ("wrk" if wrk_path() else "python") if a.client == "auto" else a.client
-    return Options(a.rounds, a.seconds, a.warmup, a.connections, client)
+    return Options(a.cycles, a.seconds, a.connections, client)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,20 +155,24 @@ def main(argv: list[str] | None = None) -> int:
     pin_self(cores.client)
     print(banner("HTTP GET /kv/{key}: tracing on / off / collector down"))
     tool = "wrk -t2" if opts.client == "wrk" else "python keep-alive client"
-    print(f"{cores.describe()}; load: {tool}, {opts.connections} keep-alive connections, "
-          f"{opts.warmup:g}s warm-up + {opts.seconds:g}s measured per run, {opts.rounds} rounds, "
-          f"variants alternating; fresh node per run; OTEL_BSP_* defaults", flush=True)
-    runs: list[Run] = []
-    for rnd in range(1, opts.rounds + 1):
+    print(f"{cores.describe()}; load: {tool}, {opts.connections} keep-alive connections; one node per "
+          f"variant, all up at once; {opts.cycles} cycles of one {opts.seconds:g}s slice per variant "
+          "(after one warm-up slice each); OTEL_BSP_* defaults", flush=True)
+    slices: dict[str, list[LoadResult]] = {v: [] for v in VARIANTS}
+    with nodes(cores) as (urls, counted):
         for variant in VARIANTS:
-            run = run_once(variant, opts, cores)
-            runs.append(run)
-            extra = f", {run.spans} spans reached the receiver" if run.spans is not None else ""
-            print(f"  round {rnd} {variant:<4}: {run.load.rate:8.0f} req/s "
-                  f"({run.load.requests} requests in {run.load.seconds:.2f}s, "
-                  f"{run.load.errors} errors{extra})", flush=True)
-    print(summarize(runs), flush=True)
-    return 0
+            load(urls[variant], opts, cores)  # warm-up
+        for cycle in range(1, opts.cycles + 1):
+            order = VARIANTS if cycle % 2 else VARIANTS[::-1]
+            for variant in order:
+                slices[variant].append(load(urls[variant], opts, cores))
+            print(f"  cycle {cycle:2}: " + "  ".join(
+                f"{v} {slices[v][-1].rate:5.0f}" for v in VARIANTS) + " req/s", flush=True)
+    errors = sum(r.errors for rs in slices.values() for r in rs)
+    print(f"{counted[0] if counted else '?'} spans reached the live receiver; {errors} errors in all slices",
+          flush=True)
+    print(summarize(slices), flush=True)
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":

@@ -83,3 +83,20 @@ def test_lean_spans_and_the_pair_cache_match_the_sdk_encoder(monkeypatch: pytest
     encoder = OtlpTraceEncoder()
     for _ in range(3):
         assert ExportTraceServiceRequest.FromString(encoder.encode(spans)) == encode_spans(spans)
+
+
+def test_equal_scopes_from_separate_tracers_are_grouped_as_the_sdk_groups_them() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "webserver"}), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    # Each lean tracer makes its own scope object: equal values, two objects.
+    first, second = tracer_for(provider, "webserver"), tracer_for(provider, "webserver")
+    other = tracer_for(provider, "other")
+    for i in range(3):
+        for tracer in (first, other, second):
+            tracer.start_span(f"s{i}").end()
+    spans = list(exporter.get_finished_spans())
+    assert spans[0].instrumentation_scope is not spans[2].instrumentation_scope
+    request = ExportTraceServiceRequest.FromString(OtlpTraceEncoder().encode(spans))
+    assert request == encode_spans(spans)
+    assert [len(s.spans) for s in request.resource_spans[0].scope_spans] == [6, 3]

@@ -36,6 +36,8 @@ _pack_i = struct.Struct("<I").pack
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:  # a span's length, mostly
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -210,27 +212,41 @@ class OtlpTraceEncoder:
         return b"".join(parts)
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
-        """An ExportTraceServiceRequest holding spans, grouped by resource and scope."""
-        grouped: dict[int, dict[InstrumentationScope | None, list[bytes]]] = {}
-        resources: dict[int, Resource] = {}
+        """An ExportTraceServiceRequest holding spans, grouped by resource and scope
+        (by value, in the order they come, as the SDK's encoder groups them).
+
+        Consecutive spans mostly share their tracer's resource and scope objects:
+        the groups are searched only when those change (InstrumentationScope and
+        Resource compare in Python)."""
+        groups: list[tuple[Resource, InstrumentationScope | None, list[bytes]]] = []
+        resource: Resource | None = None
+        scope: InstrumentationScope | None = None
+        parts: list[bytes] = []
         for span in spans:
-            resource = span.resource
-            resources[id(resource)] = resource
-            by_scope = grouped.setdefault(id(resource), {})
-            by_scope.setdefault(span.instrumentation_scope or None, []).append(
-                _field(b"\x12", self.span(span)))  # ScopeSpans.spans
+            if span._resource is not resource or span._instrumentation_scope is not scope or not groups:
+                resource, scope = span._resource, span._instrumentation_scope
+                for r, sc, p in groups:
+                    if (r is resource or r == resource) and (sc is scope or sc == scope):
+                        parts = p
+                        break
+                else:
+                    parts = []
+                    groups.append((resource, scope, parts))  # type: ignore[arg-type]
+            body = self.span(span)
+            parts += (b"\x12", _varint(len(body)), body)  # ScopeSpans.spans
+        by_resource: dict[int, tuple[Resource, list[bytes]]] = {}
+        for r, sc, p in groups:
+            scope_body = self._scope(sc) + b"".join(p)
+            if sc is not None and sc.schema_url:
+                scope_body += _field(b"\x1a", sc.schema_url.encode("utf-8"))
+            first = next((key for key, (other, _) in by_resource.items() if other == r), id(r))
+            by_resource.setdefault(first, (r, [self._resource(r)]))[1].append(
+                _field(b"\x12", scope_body))  # ResourceSpans.scope_spans
         out = []
-        for resource_id, by_scope in grouped.items():
-            resource = resources[resource_id]
-            body = [self._resource(resource)]
-            for scope, encoded_spans in by_scope.items():
-                scope_body = self._scope(scope) + b"".join(encoded_spans)
-                if scope is not None and scope.schema_url:
-                    scope_body += _field(b"\x1a", scope.schema_url.encode("utf-8"))
-                body.append(_field(b"\x12", scope_body))  # ResourceSpans.scope_spans
-            if resource.schema_url:
-                body.append(_field(b"\x1a", resource.schema_url.encode("utf-8")))
-            out.append(_field(b"\x0a", b"".join(body)))  # request.resource_spans
+        for r, body_parts in by_resource.values():
+            if r.schema_url:
+                body_parts.append(_field(b"\x1a", r.schema_url.encode("utf-8")))
+            out.append(_field(b"\x0a", b"".join(body_parts)))  # request.resource_spans
         return b"".join(out)
 
 
