@@ -59,7 +59,7 @@ class Settings:
     telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
     log_level: str = "INFO"
     # Recent finished spans kept in memory for /debug/traces (~1.3 KB each); 0 = no buffer.
-    trace_buffer_spans: int = 5000
+    trace_buffer_spans: int = 1000
     # -- cluster (server/cluster/): empty cluster_bind = a single node, no peer links.
     # HOST:PORT the node listens on for peer links (keep it off public interfaces).
     cluster_bind: str = ""

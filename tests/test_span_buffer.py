@@ -62,7 +62,7 @@ def test_zero_is_not_a_buffer() -> None:
     with pytest.raises(ValueError):
         SpanBuffer(0)
     assert load_settings(environ={}, overrides={"trace_buffer_spans": "0"}).trace_buffer_spans == 0
-    assert load_settings(environ={}).trace_buffer_spans == 5000
+    assert load_settings(environ={}).trace_buffer_spans == 1000
 
 
 def test_disabled_with_zero_adds_no_processor() -> None:
@@ -76,7 +76,7 @@ def test_disabled_with_zero_adds_no_processor() -> None:
 
     enabled = Node(load_settings(environ={}), name="n2",
                    tracer_provider=TracerProvider(shutdown_on_exit=False))
-    assert enabled.span_buffer is not None and enabled.span_buffer.max_spans == 5000
+    assert enabled.span_buffer is not None and enabled.span_buffer.max_spans == 1000
     # Not an SDK provider: nothing to hang a processor on.
     assert Node(load_settings(environ={}), name="n3",
                 tracer_provider=trace.NoOpTracerProvider()).span_buffer is None
