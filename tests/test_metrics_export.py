@@ -3,6 +3,7 @@ the same aggregation, with exemplars on the request histogram only."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -98,3 +99,26 @@ def test_every_histogram_has_its_exemplar_policy() -> None:
     metrics = Metrics(make_meter_provider().provider.get_meter("test"))
     names = {h.name for h in vars(metrics).values() if isinstance(h, Histogram)}
     assert names == set(EXEMPLAR_HISTOGRAMS) | set(PLAIN_HISTOGRAMS)
+
+
+def test_a_dead_collector_costs_one_warning_even_with_tracing_off(caplog: Any) -> None:
+    """The SDK exporter logs every retry; with tracing off no span filter hides them."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from bench.procs import free_port
+    from tracing.metrics_export import QuietMetricExporter
+
+    caplog.set_level(logging.DEBUG)
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    quiet = QuietMetricExporter(OTLPMetricExporter(endpoint=endpoint, timeout=1), endpoint)
+    reader = InMemoryMetricReader()
+    handle = make_meter_provider(extra_readers=[reader])
+    Metrics(handle.provider.get_meter("test")).http_duration.record(0.1, {"http.request.method": "GET"})
+    data = reader.get_metrics_data()
+    assert data is not None
+    for _ in range(2):
+        assert quiet.export(data, timeout_millis=1000) is not MetricExportResult.SUCCESS
+    quiet.shutdown()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cannot push metrics" in warnings[0], warnings

@@ -73,6 +73,18 @@ def with_environment(cfg: MetricsConfig, env: Mapping[str, str]) -> MetricsConfi
     return MetricsConfig(otlp, interval)
 
 
+class _SwallowMetricRetries(logging.Filter):
+    """The SDK exporter's per-attempt warnings about metrics ("Transient error ...
+    exporting metrics ..."): the first failure is reported once by QuietMetricExporter.
+    The span exporter's own filter does the same for spans, but only while tracing is on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.WARNING and " metrics " in record.getMessage())
+
+
+_SDK_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
+
+
 class QuietMetricExporter(MetricExporter):
     """One warning when pushes start failing, one line when they recover."""
 
@@ -82,6 +94,8 @@ class QuietMetricExporter(MetricExporter):
         self.inner = inner
         self.endpoint = endpoint
         self.failing = False
+        self._filter = _SwallowMetricRetries()
+        logging.getLogger(_SDK_EXPORTER_LOGGER).addFilter(self._filter)
         self.failures = 0
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -107,6 +121,7 @@ class QuietMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+        logging.getLogger(_SDK_EXPORTER_LOGGER).removeFilter(self._filter)
 
 
 def make_otlp_metric_exporter(*, endpoint: str, compression: str, timeout_s: float,
