@@ -1,4 +1,4 @@
-"""OTLP metrics push: `[metrics]` of conf/opentelemetry.toml and the periodic reader.
+"""OTLP metrics push: `[metrics]` of conf/opentelemetry.toml and the node's one metric reader.
 
     [metrics]
     otlp_export = true     # OTEL_METRICS_EXPORTER=otlp|none overrides
