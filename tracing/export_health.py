@@ -20,6 +20,17 @@ _NOISY_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
                   "opentelemetry.sdk._shared_internal")
 
 
+def stop_retrying(exporter: object) -> None:
+    """Make an SDK OTLP exporter's next failed export its last attempt (it backs off
+    and retries until its own timeout otherwise): at shutdown, so a collector that
+    is not there does not hold the node's exit for shutdown_timeout. The SDK sets
+    the same event itself, but only once the exporter is shut down, after the
+    final flush."""
+    event = getattr(exporter, "_shutdown_in_progress", None)
+    if event is not None:
+        event.set()
+
+
 class ExportHealth:
     """Counters shared between the exporter thread and readers; guarded by a lock."""
 

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from server.errors import ConfigError
 from tracing.config_tables import checked_table, flag
+from tracing.export_health import stop_retrying
 
 log = logging.getLogger("tracing.export")
 
@@ -79,7 +80,13 @@ class _SwallowMetricRetries(logging.Filter):
     The span exporter's own filter does the same for spans, but only while tracing is on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.WARNING and " metrics " in record.getMessage())
+        message = record.getMessage()
+        return not (record.levelno >= logging.WARNING
+                    and (" metrics " in message or message == _ABORTED_RETRY))
+
+
+# What the SDK exporter logs when stop_retrying() cuts a retry short at shutdown.
+_ABORTED_RETRY = "Shutdown in progress, aborting retry."
 
 
 _SDK_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
@@ -118,6 +125,9 @@ class QuietMetricExporter(MetricExporter):
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self.inner.force_flush(timeout_millis)
+
+    def stop_retrying(self) -> None:
+        stop_retrying(self.inner)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
@@ -177,6 +187,8 @@ class NodeMetricReader(PrometheusMetricReader):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         deadline = time.monotonic() + timeout_millis / 1000
+        if isinstance(self._push, QuietMetricExporter):
+            self._push.stop_retrying()  # the last push: one attempt
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))

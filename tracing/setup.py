@@ -29,7 +29,12 @@ from opentelemetry.trace import NoOpTracerProvider
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
 from server.errors import ConfigError
-from tracing.export_health import CountingBatchSpanProcessor, ExportHealth, HealthReportingExporter
+from tracing.export_health import (
+    CountingBatchSpanProcessor,
+    ExportHealth,
+    HealthReportingExporter,
+    stop_retrying,
+)
 from tracing.log_correlation import LogsConfig, OtlpLogHandler, parse_logs_table, set_log_identity
 from tracing.metrics import MetricsHandle, make_meter_provider
 from tracing.metrics_export import MetricsConfig, make_otlp_metric_exporter, parse_metrics_table
@@ -179,7 +184,8 @@ class Telemetry:
                  health: ExportHealth | None = None, *, sampler: Sampler | None = None,
                  log_provider: LoggerProvider | None = None,
                  log_handler: logging.Handler | None = None,
-                 metrics: MetricsHandle | None = None) -> None:
+                 metrics: MetricsHandle | None = None,
+                 exporters: tuple[object, ...] = ()) -> None:
         self.provider = provider
         self.config = config
         self.health = health
@@ -187,6 +193,7 @@ class Telemetry:
         self.log_provider = log_provider
         self.log_handler = log_handler
         self.metrics = metrics  # the node's meter provider (Prometheus reader + OTLP push)
+        self.exporters = exporters  # span and log exporters, told at shutdown not to retry
 
     def describe_sampling(self) -> dict[str, Any]:
         """The effective sampler as data, and where it came from."""
@@ -212,6 +219,8 @@ class Telemetry:
             return True
 
         def stop() -> None:
+            for exporter in self.exporters:  # the final flush: one attempt each
+                stop_retrying(exporter)
             if provider is not None:
                 provider.force_flush(int(timeout_s * 1000))
             if log_provider is not None:
@@ -257,9 +266,12 @@ def configure_tracing(
     cfg = load_tracing_config(config_path, environ)
     set_log_identity(service=cfg.service_name, node=node_name)
     resource = make_resource(cfg, node_name)
+    if cfg.logs.otlp_export and log_exporter is None:
+        log_exporter = make_otlp_log_exporter(cfg, environ)
     log_provider, log_handler = (
         configure_logs_export(cfg, resource, exporter=log_exporter, environ=environ)
         if cfg.logs.otlp_export else (None, None))
+    log_exporters = (log_exporter,) if cfg.logs.otlp_export else ()
     # Metrics do not depend on traces being on (OTEL_TRACES_EXPORTER=none keeps them).
     env = os.environ if environ is None else environ
     push = (make_otlp_metric_exporter(endpoint=cfg.endpoint, compression=cfg.compression,
@@ -268,7 +280,7 @@ def configure_tracing(
     metrics = make_meter_provider(resource, push=push, push_interval_s=cfg.metrics.interval_s)
     if not cfg.enabled:
         return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler,
-                         metrics=metrics)
+                         metrics=metrics, exporters=log_exporters)
     health = ExportHealth(cfg.endpoint)
     sampler = build_sampler(cfg.sampler)
     provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
@@ -281,4 +293,4 @@ def configure_tracing(
         export_timeout_millis=cfg.export_timeout_ms,
     ))
     return Telemetry(provider, cfg, health, sampler=sampler, log_provider=log_provider,
-                     log_handler=log_handler, metrics=metrics)
+                     log_handler=log_handler, metrics=metrics, exporters=(inner, *log_exporters))

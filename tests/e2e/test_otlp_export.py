@@ -209,6 +209,25 @@ async def test_a_dead_collector_costs_one_warning_and_no_requests() -> None:
     assert "Traceback" not in stderr, stderr
 
 
+async def test_without_a_collector_the_node_stops_without_waiting_for_retries() -> None:
+    """With the exporter's default 10 s timeout a failed export backs off and retries;
+    at shutdown the final flush (spans, metrics) makes one attempt instead, so the
+    node does not sit out shutdown_timeout."""
+    env: dict[str, str | None] = {"OTEL_SDK_DISABLED": None,
+                                  "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    async with node_process(env) as node:
+        async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+            for i in range(5):
+                assert (await http.put(f"/kv/k{i}", json=i)).status_code == 200
+        stopping = trio.current_time()
+        assert await node.terminate(SHUTDOWN_TIMEOUT + 5) == 0, node.describe()
+        stopped_in = trio.current_time() - stopping
+        stderr = node.stderr()
+    assert "did not finish" not in stderr and "aborting retry" not in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stopped_in < SHUTDOWN_TIMEOUT - 1, (stopped_in, stderr)
+
+
 async def test_metrics_are_pushed_over_otlp_with_exemplars_that_point_at_traces(
         receiver: OtlpReceiver) -> None:
     env: dict[str, str | None] = {"OTEL_SDK_DISABLED": None,
