@@ -15,8 +15,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 log = logging.getLogger("tracing.export")
 
+# The SDK's OTLP gRPC exporters (spans, metrics, logs) all log from this one.
+SDK_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
 # The SDK logs each failed batch and each dropped span from these loggers.
-_NOISY_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter",
+_NOISY_LOGGERS = (SDK_EXPORTER_LOGGER,
                   "opentelemetry.sdk._shared_internal")
 
 

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from server.errors import ConfigError
 from tracing.config_tables import checked_table, flag
-from tracing.export_health import stop_retrying
+from tracing.export_health import SDK_EXPORTER_LOGGER, stop_retrying
 
 log = logging.getLogger("tracing.export")
 
@@ -89,9 +89,6 @@ class _SwallowMetricRetries(logging.Filter):
 _ABORTED_RETRY = "Shutdown in progress, aborting retry."
 
 
-_SDK_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
-
-
 class QuietMetricExporter(MetricExporter):
     """One warning when pushes start failing, one line when they recover."""
 
@@ -102,7 +99,7 @@ class QuietMetricExporter(MetricExporter):
         self.endpoint = endpoint
         self.failing = False
         self._filter = _SwallowMetricRetries()
-        logging.getLogger(_SDK_EXPORTER_LOGGER).addFilter(self._filter)
+        logging.getLogger(SDK_EXPORTER_LOGGER).addFilter(self._filter)
         self.failures = 0
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -131,7 +128,7 @@ class QuietMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-        logging.getLogger(_SDK_EXPORTER_LOGGER).removeFilter(self._filter)
+        logging.getLogger(SDK_EXPORTER_LOGGER).removeFilter(self._filter)
 
 
 def make_otlp_metric_exporter(*, endpoint: str, compression: str, timeout_s: float,
