@@ -267,3 +267,29 @@ async def test_a_write_after_an_acknowledged_one_wins_even_from_a_slow_clock(
             read = await cluster[name].kv.get(key)
             assert read.entry is not None and read.entry.value == "second", name
         assert written.version == (await cluster["n1"].kv.get(key)).entry.version  # type: ignore[union-attr]
+
+
+async def test_concurrent_writes_to_one_key_from_every_node_are_all_acknowledged(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Writers racing on one key leapfrog each other's versions past the re-stamp limit;
+    a write that loses that race is still acknowledged (one wins, the rest are
+    overwritten), never refused as if replicas had not answered."""
+    async with sim_cluster(3) as (cluster, _):
+        refused: list[str] = []
+
+        async def write(name: str, key: str, value: str) -> None:
+            try:
+                await cluster[name].kv.put(key, value)
+            except Unavailable as exc:
+                refused.append(f"{name} {key}: {exc}")
+
+        keys = [f"hot{i}" for i in range(20)]
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                for name in cluster.names:
+                    for j in range(4):
+                        nursery.start_soon(write, name, key, f"{name}/{j}")
+        assert refused == []
+        for key in keys:
+            values = {(await cluster[n].kv.get(key)).entry.value for n in cluster.names}  # type: ignore[union-attr]
+            assert len(values) == 1, (key, values)

@@ -57,6 +57,7 @@ KV_REPLICAS = "kv.replicas"  # how many replicas the coordinator asked
 KV_ACKS = "kv.acks"  # how many answered in time (writes: acks, reads: answers)
 KV_QUORUM = "kv.quorum"  # how many it needed
 KV_REPAIRED = "kv.repaired"  # stale replicas a read sent the newest version to
+KV_SUPERSEDED = "kv.superseded"  # replicas that already held a newer (concurrent) write
 KV_PEER = "kv.peer"
 KV_KEYS = "kv.keys"
 KV_HANDOFF = "kv.handoff"

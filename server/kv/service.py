@@ -154,8 +154,14 @@ class KV:
                 # always wins; a write concurrent with this one may then lose to it.
                 self.store.clock.observe(max(newer).timestamp)
                 entry = self.store.new_entry(entry.key, entry.value, deleted=entry.deleted)
-            acks = sum(a.newer is None for a in answers.values())
+            # Every answer is an ack: a replica that kept a newer version stored this
+            # write and let a concurrent one win over it (last writer wins), which is
+            # the promise; only replicas that did not answer are missing.
+            acks = len(answers)
             span.set_attribute(S.KV_ACKS, acks)
+            superseded = sum(a.newer is not None for a in answers.values())
+            if superseded:
+                span.set_attribute(S.KV_SUPERSEDED, superseded)
             found = any(a.had_live for a in answers.values())
             if entry.deleted:
                 span.found(found)

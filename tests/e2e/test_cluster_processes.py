@@ -211,6 +211,38 @@ async def test_kv_survives_kill_9_of_one_node(cluster: list[ServerProcess]) -> N
             assert "cluster: n3 is down" in node.stderr(), node.describe()
 
 
+# -- b2. concurrent writes to one key -------------------------------------------------------
+async def test_concurrent_writes_to_one_key_from_every_node_all_succeed(
+        cluster: list[ServerProcess]) -> None:
+    """12 concurrent POST /kv per key (4 through each node) over 20 keys: every write is
+    acknowledged (one wins, the others are overwritten: never a false 503), and afterwards
+    every node reads the same winner, one of the values written."""
+    tag = uuid.uuid4().hex[:8]
+    keys = [f"hot{i}-{tag}" for i in range(20)]
+    answers: list[tuple[str, int, str]] = []
+    with trio.fail_after(TEST_DEADLINE):
+        await wait_converged(cluster, timeout=10)
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=n.url, timeout=10, limits=httpx.Limits(max_connections=100))) for n in cluster]
+
+            async def write(client: httpx.AsyncClient, key: str, value: str) -> None:
+                r = await client.post("/kv", json={"key": key, "value": value})
+                answers.append((key, r.status_code, r.text))
+
+            async with trio.open_nursery() as nursery:
+                for key in keys:
+                    for i, client in enumerate(clients):
+                        for j in range(4):
+                            nursery.start_soon(write, client, key, f"{key}/n{i + 1}/{j}")
+            failed = [a for a in answers if a[1] != 200]
+            assert len(answers) == 240 and not failed, failed[:5]
+            for key in keys:
+                values = {(await c.get(f"/kv/{key}")).json()["value"] for c in clients}
+                assert len(values) == 1, (key, values)
+                assert values.pop().startswith(f"{key}/n"), key
+
+
 # -- c. chat through a kill -9 ------------------------------------------------------------
 async def test_chat_survives_kill_9_of_one_node(cluster: list[ServerProcess]) -> None:
     n1, n2, n3 = cluster
