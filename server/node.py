@@ -24,19 +24,19 @@ from hypercorn.trio import serve as hypercorn_serve
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
-from server.chat.cluster_chat import ClusterChat
 from server.chat.connection import CLOSE_GOING_AWAY
 from server.chat.hub import Hub
 from server.cluster.mesh import Mesh
-from server.cluster.protocol import Message
 from server.cluster.transport import Transport
-from server.kv.service import KV
+from server.engine.base import Engine
+from server.engine.choose import make_engine
+from server.engine.mesh import MeshEngine
 from server.kv.store import Store
 from server.settings import Settings
 from tracing.lean import tracer_for
 from tracing.metrics import Metrics, MetricsHandle, make_meter_provider, observe_export_health
 from tracing.setup import Telemetry
-from tracing.span_buffer import TRACES_GET, SpanBuffer, peer_reply
+from tracing.span_buffer import SpanBuffer, peer_reply
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +61,18 @@ class Node:
         self.telemetry = telemetry
         if telemetry is not None and telemetry.health is not None:
             observe_export_health(self.metrics, telemetry.health)
-        self.store = Store(name, max_keys=settings.max_keys)
-        self.kv = KV(self.store, self.tracer, replicas=settings.replicas,
-                     write_quorum=settings.write_quorum, read_quorum=settings.read_quorum,
-                     request_timeout=settings.cluster_request_timeout,
-                     anti_entropy_interval=settings.anti_entropy_interval, metrics=self.metrics)
+        # Where KV, chat between nodes and membership live (server/engine/).
+        self.engine: Engine = make_engine(settings, name=name, http_url=http_url, tracer=self.tracer,
+                                          metrics=self.metrics, transport=transport, rng=rng)
+        self.kv = self.engine.kv
         self.hub = Hub(node_name=name, tracer=self.tracer, history_size=settings.history_size,
                        max_rooms=settings.max_rooms,
                        max_rooms_per_connection=settings.max_rooms_per_connection,
                        queue_size=settings.broadcast_queue_size,
-                       publish_timeout=settings.slow_consumer_timeout, metrics=self.metrics)
-        self.mesh: Mesh | None = None
-        if settings.clustered:
-            self.mesh = Mesh(settings, node_name=name, http_url=http_url, transport=transport, rng=rng,
-                             metrics=self.metrics, tracer=self.tracer)
-            self.kv.attach(self.mesh)
-            self.hub.cluster = ClusterChat(self.hub, self.mesh,
-                                           history_timeout=min(1.0, settings.cluster_request_timeout))
-            self.mesh.on(TRACES_GET, self._on_traces_get)
+                       publish_timeout=settings.slow_consumer_timeout, metrics=self.metrics,
+                       bus=self.engine.chat)
+        if isinstance(self.engine, MeshEngine):
+            self.engine.serve_trace_lookups(self._on_traces_get)
         self.started_at = time.monotonic()
         self.shutting_down = False
 
@@ -86,26 +80,32 @@ class Node:
         """The node's long-lived services; returns only when cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.run_broadcaster)
-            if self.mesh is not None:
-                await nursery.start(self.mesh.run)
-                await nursery.start(self.kv.run_handoff)
+            await nursery.start(self.engine.run)
             task_status.started()
 
+    @property
+    def mesh(self) -> Mesh | None:
+        """The cluster mesh of the `mesh` engine (None on any other engine)."""
+        return self.engine.mesh if isinstance(self.engine, MeshEngine) else None
+
+    @property
+    def store(self) -> Store:
+        """This process's KV state (the memory and mesh engines)."""
+        store = getattr(self.engine, "store", None)
+        if not isinstance(store, Store):
+            raise AttributeError(f"the {self.engine.kind} engine keeps no local store")
+        return store
+
     def live_members(self) -> list[str]:
-        """This node first, then every peer it has a live link to."""
-        if self.mesh is None:
-            return [self.name]
-        return [self.name, *self.mesh.up_peers()]
+        """This node first, then every other node it sees alive."""
+        return self.engine.live_members()
 
     def describe_members(self) -> list[dict[str, object]]:
-        if self.mesh is None:
-            return [{"name": self.name, "status": "up", "self": True, "http_url": self.http_url}]
-        return self.mesh.describe()
+        return self.engine.describe_members()
 
-    def _on_traces_get(self, peer: str, message: Message) -> dict[str, object]:
+    def _on_traces_get(self, body: dict[str, object]) -> dict[str, object]:
         # Half the frame limit: the reply's envelope and the asker's limit stay clear.
-        return peer_reply(self.span_buffer, self.name, message.body,
-                          self.settings.cluster_max_message_bytes // 2)
+        return peer_reply(self.span_buffer, self.name, body, self.settings.cluster_max_message_bytes // 2)
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True

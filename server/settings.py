@@ -24,6 +24,8 @@ DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
 ENV_PREFIX = "WEBSERVER_"
 # Names of variables that steer loading rather than being settings themselves.
 CONFIG_ENV = "WEBSERVER_CONFIG"
+ENGINES = ("", "memory", "mesh", "valkey")
+VALKEY_MODES = ("standalone", "cluster", "sentinel")
 _ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval", "anti_entropy_interval", "trace_buffer_spans"}
 
 
@@ -60,6 +62,19 @@ class Settings:
     log_level: str = "INFO"
     # Recent finished spans kept in memory for /debug/traces (~1.3 KB each); 0 = no buffer.
     trace_buffer_spans: int = 1000
+    # Where KV, chat between nodes, presence, history and membership live
+    # (server/engine/): "memory" (one node), "mesh" (our own cluster, needs
+    # cluster_bind) or "valkey" (a Valkey/Redis server, Sentinel or Cluster).
+    # Empty: "mesh" when cluster_bind is set, else "memory".
+    engine: str = ""
+    # -- valkey engine (server/engine/valkey/)
+    # redis://[:password@]HOST:PORT[/DB] (rediss:// for TLS); for Cluster, the
+    # seed nodes as a comma-separated list of URLs; for Sentinel, the sentinels.
+    valkey_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    valkey_mode: str = "standalone"    # standalone, cluster or sentinel
+    valkey_sentinel_service: str = "mymaster"  # the primary's name the sentinels watch
+    valkey_prefix: str = "webserver"   # every key and channel starts with this
+    valkey_timeout: float = 2.0        # per engine call; past it KV answers 503
     # -- cluster (server/cluster/): empty cluster_bind = a single node, no peer links.
     # HOST:PORT the node listens on for peer links (keep it off public interfaces).
     cluster_bind: str = ""
@@ -95,7 +110,41 @@ class Settings:
         if self.max_body_bytes < self.max_value_bytes:
             raise ConfigError("max_body_bytes: must be at least max_value_bytes")
         self._validate_cluster()
+        self._validate_engine()
         return self
+
+    def _validate_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine: expected one of {', '.join(ENGINES[1:])}, got {self.engine!r}")
+        kind = self.engine_kind
+        if kind == "mesh" and not self.cluster_bind:
+            raise ConfigError("engine: \"mesh\" needs cluster_bind (the address peers dial)")
+        if kind != "mesh" and (self.cluster_bind or self.peer_addresses):
+            raise ConfigError(f"cluster_bind and peers: only for the mesh engine, not {kind!r}")
+        if self.valkey_mode not in VALKEY_MODES:
+            raise ConfigError(f"valkey_mode: expected one of {', '.join(VALKEY_MODES)}, "
+                              f"got {self.valkey_mode!r}")
+        if kind == "valkey":
+            urls = self.valkey_urls
+            if not urls:
+                raise ConfigError("valkey_url: required for the valkey engine")
+            for url in urls:
+                if not url.startswith(("redis://", "rediss://", "valkey://", "valkeys://")):
+                    raise ConfigError("valkey_url: expected redis://HOST:PORT[/DB] (or rediss://), "
+                                      f"got {url.split('@')[-1]!r}")
+            if len(urls) > 1 and self.valkey_mode == "standalone":
+                raise ConfigError("valkey_url: several URLs need valkey_mode = \"cluster\" or \"sentinel\"")
+            if not self.valkey_prefix or any(c in self.valkey_prefix for c in "{} "):
+                raise ConfigError("valkey_prefix: must be non-empty, without braces or spaces")
+
+    @property
+    def engine_kind(self) -> str:
+        """The engine in use: `engine`, or for an empty one mesh/memory by cluster_bind."""
+        return self.engine or ("mesh" if self.cluster_bind else "memory")
+
+    @property
+    def valkey_urls(self) -> list[str]:
+        return [u.strip() for u in self.valkey_url.split(",") if u.strip()]
 
     def _validate_cluster(self) -> None:
         for name in ("cluster_bind", "cluster_advertise"):
@@ -123,7 +172,8 @@ class Settings:
 
     @property
     def clustered(self) -> bool:
-        return bool(self.cluster_bind)
+        """More than one node: the mesh or valkey engine."""
+        return self.engine_kind != "memory"
 
     @property
     def host(self) -> str:

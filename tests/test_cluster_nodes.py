@@ -142,7 +142,7 @@ async def test_chat_reaches_members_on_every_node_once_and_in_order(cluster: lis
         while seen != {("bob", "n2"), ("carol", "n3")}:
             p = await alice.push("presence")
             seen.add((p["user"], p["node"]))
-        await wait_for(lambda: len(n1.running.node.hub.cluster.nodes_with_members("lobby")) == 2)  # type: ignore[union-attr]
+        await wait_for(lambda: len(n1.running.node.hub.bus.remote_targets("lobby")) == 2)  # type: ignore[union-attr]
         for i in range(5):
             await alice.request("chat", room="lobby", text=f"m{i}")
         for client in (bob, carol):
@@ -172,7 +172,7 @@ async def test_a_member_joining_elsewhere_gets_the_rooms_history(cluster: list[M
         await alice.request("join", room="archive")
         for i in range(3):
             await alice.request("chat", room="archive", text=f"h{i}")
-        await wait_for(lambda: "archive" in n2.running.node.hub.cluster.rooms())  # type: ignore[union-attr]
+        await wait_for(lambda: "archive" in n2.running.node.hub.bus.remote_rooms())  # type: ignore[union-attr]
         async with json_client(n2.running, "bob") as bob:
             joined = await bob.request("join", room="archive")
             assert [m["text"] for m in joined["history"]] == ["h0", "h1", "h2"]

@@ -191,7 +191,7 @@ async def test_chat_reaches_every_reachable_member_once_and_in_order(
     async with sim_cluster(3) as (cluster, network):
         sender = chat_member(cluster["n1"], "sender", "room")
         members = {name: chat_member(cluster[name], f"user-{name}", "room") for name in cluster.names}
-        await wait_until(lambda: len(cluster["n1"].hub.cluster.nodes_with_members("room")) == 2, 10,  # type: ignore[union-attr]
+        await wait_until(lambda: len(cluster["n1"].hub.bus.remote_targets("room")) == 2, 10,  # type: ignore[union-attr]
                          what="presence reached n1")
         network.slow("n1", "n2", 0.1)  # a slow link delays, never reorders or duplicates
         got: dict[str, list[str]] = {name: [] for name in members}

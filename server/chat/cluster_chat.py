@@ -25,8 +25,8 @@ from server.cluster.links import LinkError
 from server.cluster.protocol import Message
 
 if TYPE_CHECKING:
-    from server.chat.hub import Hub
     from server.cluster.mesh import Mesh
+    from server.engine.base import ChatSink
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ MAX_REMOTE_MEMBERS = 100_000  # per peer: a misbehaving peer cannot grow this wi
 
 
 class ClusterChat:
-    def __init__(self, hub: Hub, mesh: Mesh, *, history_timeout: float) -> None:
-        self.hub = hub
+    """The mesh engine's chat bus (server/engine/base.py: ChatBus)."""
+
+    def __init__(self, mesh: Mesh, *, history_timeout: float) -> None:
+        self.hub: ChatSink = _NoSink()
         self.mesh = mesh
         self.history_timeout = history_timeout
         # node -> room -> connection id -> username
@@ -51,7 +53,10 @@ class ClusterChat:
         mesh.subscribe(self._on_membership)
 
     # -- what the hub asks ------------------------------------------------------
-    def nodes_with_members(self, room: str) -> dict[str, int]:
+    def attach(self, sink: ChatSink) -> None:
+        self.hub = sink
+
+    def remote_targets(self, room: str) -> dict[str, int]:
         """Remote nodes (with a live link) that have members in room, and how many."""
         out = {}
         for node, rooms in self.remote.items():
@@ -60,11 +65,11 @@ class ClusterChat:
                 out[node] = len(members)
         return out
 
-    def members(self, room: str) -> list[dict[str, str]]:
+    def remote_members(self, room: str) -> list[dict[str, str]]:
         return [{"user": user, "node": node} for node, rooms in sorted(self.remote.items())
                 for user in rooms.get(room, {}).values()]
 
-    def rooms(self) -> dict[str, int]:
+    def remote_rooms(self) -> dict[str, int]:
         """Remote member count per room."""
         counts: dict[str, int] = {}
         for rooms in self.remote.values():
@@ -73,9 +78,11 @@ class ClusterChat:
                     counts[room] = counts.get(room, 0) + len(members)
         return counts
 
-    def forward(self, node: str, message: ChatMessage) -> bool:
-        """Runs in the broadcaster inside chat.broadcast, whose context travels along."""
-        return self.mesh.send(node, CHAT_MESSAGE, {"message": message.to_json()})
+    def forward(self, message: ChatMessage, targets: dict[str, int]) -> list[str]:
+        """Once to each node with members; runs in the broadcaster inside chat.broadcast,
+        whose context travels along. History stays on each node: nothing else to do."""
+        body = {"message": message.to_json()}
+        return [node for node in targets if self.mesh.send(node, CHAT_MESSAGE, body)]
 
     def presence(self, room: str, conn_id: str, user: str, event: str) -> None:
         body = {"room": room, "conn": conn_id, "user": user, "event": event}
@@ -84,7 +91,7 @@ class ClusterChat:
 
     async def fetch_history(self, room: str) -> list[ChatMessage]:
         """Recent history of room from a peer that has members in it (empty if none answers)."""
-        for node in self.nodes_with_members(room):
+        for node in self.remote_targets(room):
             try:
                 body = await self.mesh.request(node, CHAT_HISTORY, {"room": room}, self.history_timeout)
             except LinkError as exc:
@@ -92,12 +99,12 @@ class ClusterChat:
                 continue
             raw = body.get("messages")
             if isinstance(raw, list):
-                return [m for m in (_message(r) for r in raw) if m is not None]
+                return [m for m in (ChatMessage.from_json(r) for r in raw) if m is not None]
         return []
 
     # -- what peers send ------------------------------------------------------------
     def _on_message(self, peer: str, message: Message) -> None:
-        msg = _message(message.body.get("message"))
+        msg = ChatMessage.from_json(message.body.get("message"))
         if msg is None:
             raise ValueError("chat.message: invalid message")
         self.hub.deliver_remote(msg)
@@ -159,12 +166,17 @@ class ClusterChat:
                     self.hub.remote_presence(room, user, peer, "leave")
 
 
-def _message(raw: Any) -> ChatMessage | None:
-    if not isinstance(raw, dict):
-        return None
-    fields = {k: raw.get(k) for k in ("room", "user", "text", "timestamp", "id", "node")}
-    if not all(isinstance(v, str) for v in fields.values()):
-        return None
-    trace_id = raw.get("trace_id")
-    return ChatMessage(**fields, trace_id=trace_id if isinstance(trace_id, str) else None)  # type: ignore[arg-type]
+class _NoSink:
+    """Until a hub attaches: what arrives is dropped (nothing to deliver it to)."""
 
+    def deliver_remote(self, message: ChatMessage) -> None:
+        pass
+
+    def remote_presence(self, room: str, user: str, node: str, event: str) -> None:
+        pass
+
+    def history(self, room: str) -> list[ChatMessage]:
+        return []
+
+    def local_rooms_snapshot(self) -> dict[str, dict[str, str]]:
+        return {}

@@ -28,7 +28,7 @@ from server.errors import InvalidInput, NotFound, Unavailable
 from tracing import spans as S
 
 if TYPE_CHECKING:
-    from server.chat.cluster_chat import ClusterChat
+    from server.engine.base import ChatBus
     from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class HubStats:
 class Hub:
     def __init__(self, *, node_name: str, tracer: trace.Tracer, history_size: int,
                  max_rooms: int, max_rooms_per_connection: int, queue_size: int,
-                 publish_timeout: float, metrics: Metrics | None = None) -> None:
+                 publish_timeout: float, metrics: Metrics | None = None,
+                 bus: ChatBus | None = None) -> None:
         self.node_name = node_name
         self.tracer = tracer
         self.rooms = Rooms(history_size=history_size, max_rooms=max_rooms, node_name=node_name)
@@ -73,9 +74,12 @@ class Hub:
         self.publish_timeout = publish_timeout
         self.connections: dict[str, Connection] = {}
         self.stats = HubStats()
-        self.cluster: ClusterChat | None = None
         self.metrics = metrics
         self._send, self._receive = trio.open_memory_channel[_Broadcast](queue_size)
+        # Other nodes, through the engine's chat bus (None: a single node).
+        self.bus = bus
+        if bus is not None:
+            bus.attach(self)
 
     # -- connections ---------------------------------------------------------
     def add(self, conn: Connection) -> None:
@@ -109,8 +113,8 @@ class Hub:
         self._presence_nowait(name, conn, "leave")
 
     def _presence_nowait(self, room: str, conn: Connection, event: str) -> None:
-        if self.cluster is not None:
-            self.cluster.presence(room, conn.id, conn.username, event)
+        if self.bus is not None:
+            self.bus.presence(room, conn.id, conn.username, event)
         self._queue_presence(room, conn, conn.username, self.node_name, event)
 
     def remote_presence(self, room: str, user: str, node: str, event: str) -> None:
@@ -134,13 +138,13 @@ class Hub:
         """Every member of a room on every reachable node, local ones first."""
         room = self.rooms.get(name)
         local = self.rooms.members_json(room) if room is not None else []
-        return local + self.cluster.members(name) if self.cluster is not None else local
+        return local + self.bus.remote_members(name) if self.bus is not None else local
 
     def room_counts(self) -> dict[str, int]:
         """Member count per room, cluster-wide (rooms with local history included)."""
         counts = {r.name: len(r.members) for r in self.rooms.all()}
-        if self.cluster is not None:
-            for name, n in self.cluster.rooms().items():
+        if self.bus is not None:
+            for name, n in self.bus.remote_rooms().items():
                 counts[name] = counts.get(name, 0) + n
         return counts
 
@@ -149,13 +153,13 @@ class Hub:
                 for r in self.rooms.all() if r.members}
 
     async def sync_history(self, name: str) -> None:
-        """Before a first local member joins: fetch the room's history from a peer."""
-        if self.cluster is None:
+        """Before a first local member joins: fetch the room's history from the engine."""
+        if self.bus is None:
             return
         room = self.rooms.get(name)
         if room is not None and room.members:
             return  # members here: every message reached this node
-        fetched = await self.cluster.fetch_history(name)
+        fetched = await self.bus.fetch_history(name)
         if not fetched:
             return
         room = self.rooms.ensure(name)
@@ -211,7 +215,8 @@ class Hub:
     def _fan_out(self, msg: ChatMessage, exclude: Connection | None, remote: bool = False) -> None:
         started = time.perf_counter_ns()
         # Other nodes with members get the message once each; a forwarded one stops here.
-        targets = self.cluster.nodes_with_members(msg.room) if self.cluster and not remote else {}
+        bus = None if remote else self.bus
+        targets = bus.remote_targets(msg.room) if bus is not None else {}
         kind = SpanKind.CONSUMER if remote else SpanKind.PRODUCER if targets else SpanKind.INTERNAL
         attributes: dict[str, Any] = {S.CHAT_ROOM: S.clip(msg.room), S.CHAT_SENDER: S.clip(msg.user)}
         if remote:
@@ -236,9 +241,8 @@ class Hub:
             self.stats.broadcasts += 1
             self.stats.delivered += delivered
             self.stats.dropped += dropped
+            forwarded = bus.forward(msg, targets) if bus is not None else []
             if targets:
-                assert self.cluster is not None
-                forwarded = [n for n in targets if self.cluster.forward(n, msg)]
                 span.set_attribute(S.CHAT_REMOTE_NODES, len(forwarded))
                 span.set_attribute(S.CHAT_LOCAL_RECIPIENTS, delivered)
                 delivered += sum(targets[n] for n in forwarded)  # as this node knows them

@@ -27,6 +27,17 @@ class ChatMessage:
             out["trace_id"] = self.trace_id
         return out
 
+    @classmethod
+    def from_json(cls, raw: Any) -> ChatMessage | None:
+        """A message as another node sent it; None when it is not one."""
+        if not isinstance(raw, dict):
+            return None
+        fields = {k: raw.get(k) for k in ("room", "user", "text", "timestamp", "id", "node")}
+        if not all(isinstance(v, str) for v in fields.values()):
+            return None
+        trace_id = raw.get("trace_id")
+        return cls(**fields, trace_id=trace_id if isinstance(trace_id, str) else None)  # type: ignore[arg-type]
+
     def to_plain(self) -> dict[str, Any]:
         """The original's frame: exactly user, text, timestamp."""
         return {"user": self.user, "text": self.text, "timestamp": self.timestamp}

@@ -15,9 +15,9 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
-from server.cluster.links import LinkError
+from server.engine.base import PeerError
 from server.http.routes import json_response, node
-from tracing.span_buffer import TRACES_GET, valid_trace_id
+from tracing.span_buffer import valid_trace_id
 
 traces_api = Blueprint("traces_api", __name__)
 
@@ -72,14 +72,14 @@ async def get_trace(trace_id: str) -> Response:
     answered = [n.name]
     missing: list[dict[str, str]] = []
     truncated: list[str] = []
-    mesh = n.mesh
-    if mesh is not None and request.args.get("local", "").lower() not in _TRUE:
+    peers = n.engine.trace_peers()
+    if peers and request.args.get("local", "").lower() not in _TRUE:
         timeout = n.settings.cluster_request_timeout
 
         async def ask(peer: str) -> None:
             try:
-                reply = await mesh.request(peer, TRACES_GET, {"trace_id": trace_id}, timeout)
-            except LinkError as exc:
+                reply = await n.engine.peer_spans(peer, trace_id, timeout)
+            except PeerError as exc:
                 missing.append({"node": peer, "reason": str(exc)})
                 return
             got = reply.get("spans")
@@ -92,9 +92,8 @@ async def get_trace(trace_id: str) -> Response:
                 truncated.append(peer)
 
         async with trio.open_nursery() as nursery:
-            for peer in mesh.membership.placement_names():
-                if peer != n.name:
-                    nursery.start_soon(ask, peer)
+            for peer in peers:
+                nursery.start_soon(ask, peer)
     if not spans:
         body: dict[str, Any] = {"error": f"no spans of trace {trace_id} on any node"}
         if missing:

@@ -17,8 +17,8 @@ from opentelemetry import trace
 
 from server.chat.connection import Connection
 from server.chat.hub import Hub, encode
+from server.engine.base import KVStore
 from server.errors import InvalidInput, RequestError
-from server.kv.service import KV
 from server.settings import Settings
 from server.validation import check_key, check_room, check_text, check_value_size
 
@@ -76,7 +76,7 @@ def error_frame(exc: RequestError, op: str | None, ref: Any) -> str:
 class JsonSession:
     """Handles the requests of one JSON-protocol connection."""
 
-    def __init__(self, conn: Connection, hub: Hub, kv: KV, settings: Settings) -> None:
+    def __init__(self, conn: Connection, hub: Hub, kv: KVStore, settings: Settings) -> None:
         self.conn = conn
         self.hub = hub
         self.kv = kv
@@ -95,7 +95,7 @@ class JsonSession:
         return encode(reply)
 
 
-async def _entry_json(kv: KV, key: str) -> dict[str, Any]:
+async def _entry_json(kv: KVStore, key: str) -> dict[str, Any]:
     read = await kv.get(key)
     if read.entry is None:
         return {"key": key, "found": False, "value": None}

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from server.cluster.links import LinkError
+from server.engine.base import Read
 from server.errors import RequestError, StoreFull, Unavailable
 from server.kv.placement import replicas_for
 from server.kv.store import Entry, Store, Version, entry_from_json, entry_to_json, version_from_json
@@ -61,12 +62,6 @@ class Applied:
 
 class ReplicaFull(LinkError):
     """A replica refused a write because its store is at max_keys."""
-
-
-@dataclass(frozen=True)
-class Read:
-    entry: Entry | None  # the live entry, None when absent or deleted
-    from_node: str  # the replica whose answer was used
 
 
 class KV:

@@ -1,0 +1,24 @@
+"""Free TCP ports on this machine: one finder for the local cluster, tests and benchmarks."""
+
+from __future__ import annotations
+
+import socket
+
+
+def free_ports(host: str = "127.0.0.1", count: int = 1) -> list[int]:
+    """count distinct ports that were free on host a moment ago (all held while choosing,
+    so they differ; closed again before returning, so a race with another process remains)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port that was free on host a moment ago."""
+    return free_ports(host, 1)[0]
