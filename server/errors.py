@@ -6,7 +6,9 @@
         ├── InvalidInput   malformed or ill-typed fields, bad keys or names (400)
         ├── TooLarge       a body, value or text over its limit (413)
         ├── NotFound       no such key or room (404)
-        └── Unavailable    the node cannot take it now, e.g. a full store (503/507)
+        └── Unavailable    the node cannot take it now (503)
+            ├── StoreFull      no room for another key (507)
+            └── EngineDown     the engine's server (Valkey) is unreachable (503)
 
 Request errors are answered, never logged as server faults: they are the
 client's doing, so their spans stay unset (4xx), not ERROR.
@@ -62,3 +64,10 @@ class Unavailable(RequestError):
 class StoreFull(Unavailable):
     status = 507
     code = "store_full"
+
+
+class EngineDown(Unavailable):
+    """The engine's server did not answer (down, restarting, or too slow)."""
+
+    code = "engine_unavailable"
+    outcome = "engine_down"  # the KV metric's kv.outcome

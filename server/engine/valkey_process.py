@@ -159,7 +159,9 @@ def start_valkey_cluster(primaries: int = 3, *, binary: str | None = None) -> Va
     nodes: list[ValkeyProcess] = []
     try:
         for _ in range(primaries):
-            nodes.append(start_valkey(binary=binary, extra_args=(
+            # The cluster bus listens on port + 10000: keep that under 65536.
+            port = next(p for p in iter(free_port, 0) if p + 10000 <= 65535)
+            nodes.append(start_valkey(port=port, binary=binary, extra_args=(
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000")))
         per = 16384 // primaries

@@ -20,21 +20,21 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from server.cluster.links import LinkError
 from server.engine.base import Read
-from server.errors import RequestError, StoreFull, Unavailable
+from server.errors import StoreFull, Unavailable
 from server.kv.placement import replicas_for
 from server.kv.store import Entry, Store, Version, entry_from_json, entry_to_json, version_from_json
 from tracing import spans as S
+from tracing.kv_span import KVSpan
 
 if TYPE_CHECKING:
     from server.cluster.mesh import Mesh
@@ -342,63 +342,15 @@ class KV:
 
     # -- spans -------------------------------------------------------------------
     def _span(self, name: str, key: str, kind: SpanKind, replicas: list[str] | None = None,
-              need: int | None = None, *, current: bool = True) -> _KVSpan:
+              need: int | None = None, *, current: bool = True) -> KVSpan:
         attrs: dict[str, Any] = {S.KV_KEY: S.clip(key), S.KV_NODE: self.node_name}
         if replicas is not None:
             attrs[S.KV_REPLICAS] = len(replicas)
             attrs[S.KV_QUORUM] = need or 0
         # The metric counts operations clients asked for, not each replica's share.
         metrics = self.metrics if kind is not SpanKind.SERVER else None
-        return _KVSpan(self.tracer.start_span(name, kind=kind, attributes=attrs), current,
+        return KVSpan(self.tracer.start_span(name, kind=kind, attributes=attrs), current,
                        name.removeprefix("kv."), metrics)
-
-
-class _KVSpan:
-    """A kv span around a block: made current when peers are asked (their spans are
-    its children), duration recorded (span and metric), an unreachable quorum or a
-    fault as ERROR, a client's mistake (4xx) left unset."""
-
-    def __init__(self, span: trace.Span, current: bool, operation: str,
-                 metrics: Metrics | None) -> None:
-        self.span = span
-        self._use = trace.use_span(span, end_on_exit=False, record_exception=False,
-                                   set_status_on_exception=False) if current else None
-        self._operation = operation
-        self._metrics = metrics
-        self._found: bool | None = None
-
-    def __enter__(self) -> _KVSpan:
-        self._started = time.perf_counter_ns()
-        if self._use is not None:
-            self._use.__enter__()
-        return self
-
-    def set_attribute(self, key: str, value: Any) -> None:
-        self.span.set_attribute(key, value)
-
-    def found(self, value: bool) -> None:
-        self._found = value
-        self.span.set_attribute(S.KV_FOUND, value)
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        try:
-            outcome = "not_found" if self._found is False else "ok"
-            if isinstance(exc, RequestError):
-                outcome = {503: "quorum_failure", 507: "store_full"}.get(exc.status, "error")
-                if exc.status == 503:
-                    self.span.set_status(Status(StatusCode.ERROR, exc.message[:200]))
-            elif isinstance(exc, Exception):
-                outcome = "error"
-                S.fail(self.span, exc)
-            elapsed_ns = time.perf_counter_ns() - self._started
-            self.span.set_attribute(S.KV_DURATION_US, elapsed_ns // 1000)
-            self.span.end()
-            if self._metrics is not None and (exc is None or isinstance(exc, Exception)):
-                self._metrics.kv_duration.record(elapsed_ns / 1e9, {
-                    "kv.operation": self._operation, "kv.outcome": outcome})
-        finally:
-            if self._use is not None:
-                self._use.__exit__(kind, exc, tb)
 
 
 def _kind(replicas: list[str], me: str) -> SpanKind:
