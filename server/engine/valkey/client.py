@@ -141,8 +141,10 @@ class ValkeyClient:
     async def _open(self) -> AsyncIterator[Client]:
         first = self.urls[0]
         common: dict[str, Any] = {"username": first.username, "password": first.password,
-                                  "ssl": first.tls, "decode_responses": True,
+                                  "decode_responses": True,
                                   "stream_timeout": self.timeout, "connect_timeout": self.timeout}
+        if first.tls:  # only when asked: Sentinel-managed connections take no `ssl` at all
+            common["ssl"] = True
         if self.mode == "cluster":
             nodes = [TCPLocation(u.host, u.port) for u in self.urls]
             async with coredis.RedisCluster(startup_nodes=nodes, **common) as cluster:
