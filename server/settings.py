@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from server.engine.valkey.url import parse_url
 from server.errors import ConfigError
 from server.runtime import parse_gc_thresholds
 
@@ -129,9 +130,7 @@ class Settings:
             if not urls:
                 raise ConfigError("valkey_url: required for the valkey engine")
             for url in urls:
-                if not url.startswith(("redis://", "rediss://", "valkey://", "valkeys://")):
-                    raise ConfigError("valkey_url: expected redis://HOST:PORT[/DB] (or rediss://), "
-                                      f"got {url.split('@')[-1]!r}")
+                parse_url(url)
             if len(urls) > 1 and self.valkey_mode == "standalone":
                 raise ConfigError("valkey_url: several URLs need valkey_mode = \"cluster\" or \"sentinel\"")
             if not self.valkey_prefix or any(c in self.valkey_prefix for c in "{} "):

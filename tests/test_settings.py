@@ -66,3 +66,34 @@ def test_gc_thresholds_are_checked() -> None:
     for bad in ("1,2", "a,b,c", "0,1,1"):
         with pytest.raises(ConfigError, match="gc_thresholds"):
             load_settings(environ={"WEBSERVER_GC_THRESHOLDS": bad})
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"WEBSERVER_ENGINE": "redis"}, "engine: expected one of memory, mesh, valkey"),
+    ({"WEBSERVER_ENGINE": "mesh"}, "needs cluster_bind"),
+    ({"WEBSERVER_ENGINE": "valkey", "WEBSERVER_CLUSTER_BIND": "127.0.0.1:4100",
+      "WEBSERVER_CLUSTER_SECRET": "x" * 32}, "only for the mesh engine, not 'valkey'"),
+    ({"WEBSERVER_ENGINE": "valkey", "WEBSERVER_VALKEY_URL": "http://h:1"}, "expected redis://"),
+    ({"WEBSERVER_ENGINE": "valkey", "WEBSERVER_VALKEY_URL": "redis://a:1,redis://b:2"},
+     'need valkey_mode = "cluster" or "sentinel"'),
+    ({"WEBSERVER_ENGINE": "valkey", "WEBSERVER_VALKEY_MODE": "ring"}, "valkey_mode: expected one of"),
+    ({"WEBSERVER_ENGINE": "valkey", "WEBSERVER_VALKEY_PREFIX": "a{b}"}, "valkey_prefix"),
+])
+def test_engine_settings_are_checked(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        load_settings(environ=env)
+
+
+def test_a_bad_valkey_url_never_echoes_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"WEBSERVER_ENGINE": "valkey",
+                               "WEBSERVER_VALKEY_URL": "http://user:hunter2@h:1"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_engine_defaults_to_memory_or_mesh_by_cluster_bind() -> None:
+    assert load_settings(environ={}).engine_kind == "memory"
+    clustered = load_settings(environ={"WEBSERVER_CLUSTER_BIND": "127.0.0.1:4100",
+                                       "WEBSERVER_CLUSTER_SECRET": "x" * 32})
+    assert clustered.engine_kind == "mesh"
+    assert load_settings(environ={"WEBSERVER_ENGINE": "valkey"}).engine_kind == "valkey"

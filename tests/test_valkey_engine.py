@@ -207,3 +207,27 @@ async def _remote_members(http: httpx.AsyncClient, node: RunningNode, room: str,
     r = await http.get(f"{node.url}/rooms/{room}")
     members = r.json().get("members", []) if r.status_code == 200 else []
     return sum(m["node"] != node.node.name for m in members) >= count  # type: ignore[no-any-return]
+
+
+async def test_the_trace_viewer_assembles_a_chat_trace_from_both_nodes_over_http(
+        nursery: trio.Nursery, valkey: ValkeyProcess, prefix: str) -> None:
+    n1 = await valkey_node(nursery, valkey.url, "n1", prefix)
+    n2 = await valkey_node(nursery, valkey.url, "n2", prefix)
+    async with httpx.AsyncClient(timeout=10) as http, json_client(n1, "alice") as alice, \
+            json_client(n2, "bob") as bob:
+        with trio.fail_after(20):
+            await until(lambda: _both_see(http, n1, n2), 10, "membership")
+            await chat_once(alice, bob, http, n1)
+            sent = await alice.request("chat", room="x", text="traced")
+            assert (await bob.push("message"))["text"] == "traced"
+            trace_id = sent["trace_id"]
+
+            async def assembled() -> bool:
+                r = await http.get(f"{n1.url}/debug/traces/api/traces/{trace_id}")
+                body = r.json()
+                nodes = {s.get("node") for s in body.get("spans", [])}
+                return r.status_code == 200 and nodes == {"n1", "n2"} and not body["partial"]
+            await until(assembled, 5, "spans of both nodes in one trace")
+            body = (await http.get(f"{n1.url}/debug/traces/api/traces/{trace_id}")).json()
+            names = {(s["node"], s["name"]) for s in body["spans"]}
+            assert {("n1", "chat.broadcast"), ("n1", "PIPELINE"), ("n2", "chat.broadcast")} <= names, names

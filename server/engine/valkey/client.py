@@ -16,9 +16,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import anyio
 import coredis
@@ -28,7 +26,8 @@ from coredis.connection import TCPLocation
 from opentelemetry import trace
 
 from server.cluster.links import backoff_delays
-from server.errors import ConfigError, EngineDown, StoreFull
+from server.engine.valkey.url import parse_url
+from server.errors import EngineDown, StoreFull
 from server.settings import Settings
 from tracing.db import DbTarget, db_client_span
 
@@ -40,40 +39,6 @@ Client = coredis.Redis[str] | coredis.RedisCluster[str]
 _UNREACHABLE = (redis_errors.ConnectionError, redis_errors.ClusterDownError,
                 redis_errors.BusyLoadingError, redis_errors.TryAgainError,
                 redis_errors.PrimaryNotFoundError, redis_errors.ReadOnlyError, TimeoutError, OSError)
-
-
-@dataclass(frozen=True)
-class ServerURL:
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_url(url: str) -> ServerURL:
-    """redis://[user:password@]HOST[:PORT][/DB]; ConfigError naming what is wrong
-    (never echoing the password)."""
-    parts = urlsplit(url)
-    shown = f"{parts.scheme}://{parts.hostname or ''}"
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ConfigError(f"valkey_url: bad port in {shown}") from None
-    if not parts.hostname:
-        raise ConfigError(f"valkey_url: no host in {shown}")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ConfigError(f"valkey_url: the path must be a database number, got {path!r}")
-    return ServerURL(parts.hostname, port, int(path or 0),
-                     unquote(parts.username) if parts.username else None,
-                     unquote(parts.password) if parts.password else None,
-                     parts.scheme in ("rediss", "valkeys"))
 
 
 class ValkeyClient:
