@@ -1,6 +1,8 @@
-"""`python -m server --cluster N`: N meshed nodes on this machine, for trying the cluster.
+"""`python -m server --cluster N [--engine mesh|valkey]`: N nodes on this machine
+sharing state, for trying the cluster.
 
-A small supervisor (plain threads and subprocesses: it is not the server). It
+A small supervisor (plain threads and subprocesses: it is not the server). With
+the mesh engine (the default) it
 
 * generates a fresh cluster secret (`secrets.token_hex(32)`) that lives only in
   the children's environment: it is never printed or logged;
@@ -14,6 +16,20 @@ A small supervisor (plain threads and subprocesses: it is not the server). It
 * on SIGINT/SIGTERM/SIGHUP sends SIGTERM to every node, waits `shutdown_timeout`
   + 5 s (then SIGKILL) and exits 0. A node that dies meanwhile is reported and the
   others keep running (you are probably testing failure); if all die, exit 1.
+
+With `--engine valkey` the nodes share no link, no cluster port and no secret:
+each talks to one Valkey server. Unless `--valkey-url` names an existing server,
+the supervisor first starts a local one (server/engine/valkey_process.py) on
+127.0.0.1:`--valkey-port` (6379 by default; it must be free), with AOF on, its
+data in `test-output/valkey-PORT/` under the current directory (ignored by git,
+wiped by `make clean`; a restart on the same port finds the data again), or, for
+`--valkey-port 0`, on a free port in a temporary directory removed on stop. It
+prints `valkey server at redis://127.0.0.1:PORT (AOF in DIR)`, then the nodes
+(`node NAME http=URL`) once every node's `GET /nodes` lists all N, and on a stop
+signal stops the nodes, then the Valkey server (SIGTERM: it flushes its AOF).
+The engine is the supervisor's choice, like the cluster settings: the nodes'
+WEBSERVER_ENGINE and WEBSERVER_VALKEY_URL come from the flags, not the
+environment or the config file.
 """
 
 from __future__ import annotations
@@ -23,17 +39,21 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from server.engine.valkey_process import ValkeyNotFound, ValkeyProcess, find_server_binary, ping, start_valkey
 from server.errors import ConfigError
 from server.settings import Settings, env_name
 
@@ -48,13 +68,71 @@ HTTP_TIMEOUT = 2.0
 
 _LISTENING = re.compile(r"webserver node (\S+) listening on (\S+)")
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+CLUSTER_ENGINES = ("mesh", "valkey")
+DEFAULT_VALKEY_PORT = 6379
+VALKEY_HOST = "127.0.0.1"
+VALKEY_DATA_PARENT = "test-output"  # under the current directory: in .gitignore, wiped by make clean
 # Settings the supervisor decides for each child, whatever the parent's environment says.
-_CHILD_SETTINGS = ("bind", "node_name", "cluster_bind", "cluster_advertise", "peers", "cluster_secret")
+_CHILD_SETTINGS = ("bind", "node_name", "cluster_bind", "cluster_advertise", "peers", "cluster_secret",
+                   "engine", "valkey_url")
 
 
 def check_node_count(count: int) -> None:
     if not MIN_NODES <= count <= MAX_NODES:
         raise ConfigError(f"--cluster: expected {MIN_NODES} to {MAX_NODES} nodes, got {count}")
+
+
+def check_cluster_engine(engine: str, *, valkey_url: str | None = None,
+                         valkey_port: int | None = None) -> None:
+    """The engine of a local cluster and its flags: mesh, or valkey (a local server on
+    valkey_port, or the existing one at valkey_url)."""
+    if engine == "memory":
+        raise ConfigError("--engine memory: not with --cluster (the memory engine is one node's "
+                          "state only); use --engine mesh or --engine valkey")
+    if engine not in CLUSTER_ENGINES:
+        raise ConfigError(f"--engine: expected {' or '.join(CLUSTER_ENGINES)} with --cluster, got {engine!r}")
+    if engine != "valkey":
+        for flag, value in (("--valkey-url", valkey_url), ("--valkey-port", valkey_port)):
+            if value is not None:
+                raise ConfigError(f"{flag}: only with --engine valkey")
+    if valkey_url is not None and valkey_port is not None:
+        raise ConfigError("--valkey-port: not with --valkey-url (the server at --valkey-url is "
+                          "used; none is started)")
+    if valkey_port is not None and not 0 <= valkey_port <= 65535:
+        raise ConfigError(f"--valkey-port: expected 0 to 65535, got {valkey_port}")
+
+
+def check_valkey_port_free(port: int, host: str = VALKEY_HOST) -> None:
+    """Refuse a port something already listens on (a server of the user's, another
+    `make cluster ENGINE=valkey`): the local server would fail to bind, or worse,
+    the nodes would quietly use someone else's data."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+        try:
+            sock.bind((host, port))
+            return
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    answer = ping(host, port)
+    existing = (f"a Valkey/Redis server answers there: use it with --valkey-url "
+                f"redis://{host_port(host, port)}/0, or " if answer.startswith(("+", "-")) else "")
+    raise ConfigError(f"--valkey-port: {host_port(host, port)} is not free ({reason}); {existing}"
+                      "start the local server on a free port with --valkey-port 0 "
+                      "(or choose one with --valkey-port PORT)")
+
+
+def valkey_data_dir(port: int) -> Path | None:
+    """Where a local server on port keeps its AOF: test-output/valkey-PORT under the
+    current directory, so a restart on the same port finds its data (one directory per
+    port: two servers never share an AOF). None for port 0 (a free port, a temporary
+    directory removed on stop: a later run gets another port anyway)."""
+    return Path(VALKEY_DATA_PARENT, f"valkey-{port}").resolve() if port else None
+
+
+def redact_url(url: str) -> str:
+    """url(s) without any password (`redis://user:secret@host` -> `redis://user:***@host`)."""
+    return re.sub(r"(//[^/@:,]*:)[^/@,]*@", r"\1***@", url)
 
 
 def host_port(host: str, port: int) -> str:
@@ -70,8 +148,8 @@ class NodePlan:
     bind: str             # HTTP HOST:PORT the node binds
     http_host: str        # a host to dial (the bind host, or loopback for a wildcard bind)
     http_port: int
-    cluster_bind: str     # cluster HOST:PORT the node binds
-    cluster_address: str  # cluster HOST:PORT the others dial (advertised)
+    cluster_bind: str     # cluster HOST:PORT the node binds ("" without cluster ports)
+    cluster_address: str  # cluster HOST:PORT the others dial (advertised; "" without)
 
     @property
     def url(self) -> str:
@@ -91,26 +169,32 @@ def _free_ports(host: str, count: int) -> list[int]:
             sock.close()
 
 
-def plan_nodes(count: int, settings: Settings) -> list[NodePlan]:
-    """Ports and names of count nodes: bind port + i and + 100, or free ports for port 0."""
+def plan_nodes(count: int, settings: Settings, *, cluster_ports: bool = True) -> list[NodePlan]:
+    """Ports and names of count nodes: bind port + i and + 100, or free ports for port 0.
+    Without cluster_ports (the valkey engine: nodes share no link) only the HTTP ports."""
     check_node_count(count)
     host, port = settings.host, settings.port
     dial_host = _WILDCARD_HOSTS.get(host, host)
+    per_node = 2 if cluster_ports else 1
     if port == 0:
         try:
-            ports = _free_ports(host, 2 * count)
+            ports = _free_ports(host, per_node * count)
         except OSError as exc:
             raise ConfigError(f"bind: cannot find free ports on {host!r}: {exc.strerror}") from None
-        pairs = list(zip(ports[:count], ports[count:], strict=True))
+        pairs: list[tuple[int, int | None]] = (
+            list(zip(ports[:count], ports[count:], strict=True)) if cluster_ports
+            else [(http, None) for http in ports])
     else:
-        last = port + count - 1 + CLUSTER_PORT_OFFSET
+        last = port + count - 1 + (CLUSTER_PORT_OFFSET if cluster_ports else 0)
         if last > 65535:
-            raise ConfigError(f"bind: port {port} leaves no room for {count} HTTP ports and "
-                              f"their cluster ports (+{CLUSTER_PORT_OFFSET}); the last would be {last}")
-        pairs = [(port + i, port + i + CLUSTER_PORT_OFFSET) for i in range(count)]
+            what = f" and their cluster ports (+{CLUSTER_PORT_OFFSET})" if cluster_ports else ""
+            raise ConfigError(f"bind: port {port} leaves no room for {count} HTTP ports{what}; "
+                              f"the last would be {last}")
+        pairs = [(port + i, port + i + CLUSTER_PORT_OFFSET if cluster_ports else None)
+                 for i in range(count)]
     return [NodePlan(name=f"webserver@{host}:{http}", bind=host_port(host, http), http_host=dial_host,
-                     http_port=http, cluster_bind=host_port(host, cluster),
-                     cluster_address=host_port(dial_host, cluster))
+                     http_port=http, cluster_bind=host_port(host, cluster) if cluster else "",
+                     cluster_address=host_port(dial_host, cluster) if cluster else "")
             for http, cluster in pairs]
 
 
@@ -128,16 +212,20 @@ def quorum_overrides(count: int, settings: Settings) -> dict[str, int]:
 
 def child_environment(plan: NodePlan, plans: list[NodePlan], secret: str, *,
                       base_env: Mapping[str, str], config_path: str | None = None,
-                      extra: Mapping[str, int] | None = None) -> dict[str, str]:
-    """The environment of one child: the parent's, with its cluster settings decided here."""
+                      extra: Mapping[str, int | str] | None = None,
+                      engine: str = "mesh") -> dict[str, str]:
+    """The environment of one child: the parent's, with its cluster settings decided here.
+    The valkey engine gets no cluster address, peers or secret (its URL comes in extra)."""
     env = {k: v for k, v in base_env.items() if k not in {env_name(s) for s in _CHILD_SETTINGS}}
     env["PYTHONUNBUFFERED"] = "1"
     env[env_name("bind")] = plan.bind
     env[env_name("node_name")] = plan.name
-    env[env_name("cluster_bind")] = plan.cluster_bind
-    env[env_name("cluster_advertise")] = plan.cluster_address
-    env[env_name("peers")] = ",".join(p.cluster_address for p in plans if p is not plan)
-    env[env_name("cluster_secret")] = secret
+    env[env_name("engine")] = engine
+    if engine == "mesh":
+        env[env_name("cluster_bind")] = plan.cluster_bind
+        env[env_name("cluster_advertise")] = plan.cluster_address
+        env[env_name("peers")] = ",".join(p.cluster_address for p in plans if p is not plan)
+        env[env_name("cluster_secret")] = secret
     if config_path:
         env["WEBSERVER_CONFIG"] = os.path.abspath(config_path)
     for key, value in (extra or {}).items():
@@ -235,18 +323,37 @@ class _Stop(Exception):
 
 class LocalCluster:
     def __init__(self, count: int, settings: Settings, *, config_path: str | None = None,
-                 python: str = sys.executable, base_env: Mapping[str, str] | None = None) -> None:
+                 python: str = sys.executable, base_env: Mapping[str, str] | None = None,
+                 engine: str = "mesh", valkey_url: str | None = None,
+                 valkey_port: int | None = None) -> None:
+        check_cluster_engine(engine, valkey_url=valkey_url, valkey_port=valkey_port)
         self.count = count
         self.settings = settings
         self.config_path = config_path
         self.python = python
         self.base_env = dict(os.environ if base_env is None else base_env)
-        self.plans = plan_nodes(count, settings)
+        self.engine = engine
+        self.plans = plan_nodes(count, settings, cluster_ports=engine == "mesh")
         self._secret = secrets.token_hex(32)
         self.output = _Output(self._secret)
         self.children: list[_Child] = []
         self.stop_requested = threading.Event()
         self.signals_received = 0
+        # -- valkey engine: the server given, or one started here on valkey_port
+        self.valkey_url = valkey_url
+        self.valkey_port = DEFAULT_VALKEY_PORT if valkey_port is None else valkey_port
+        self.valkey: ValkeyProcess | None = None
+        self._valkey_binary = ""
+        self._valkey_temp_dir: Path | None = None
+        self._valkey_reported_exit = False
+        if engine == "valkey" and valkey_url is None:
+            if self.valkey_port:
+                check_valkey_port_free(self.valkey_port)
+            try:
+                self._valkey_binary = find_server_binary()
+            except ValkeyNotFound as exc:
+                raise ConfigError(f"--engine valkey: cannot start a local Valkey server: {exc}; "
+                                  "or give an existing server with --valkey-url") from None
 
     # -- signals -------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -266,16 +373,32 @@ class LocalCluster:
         try:
             return self._run()
         finally:
-            self._stop_children()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            try:
+                self._stop_children()
+            finally:
+                self._stop_valkey()
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
 
     def _run(self) -> int:
-        if capped := quorum_overrides(self.count, self.settings):
+        extra: dict[str, int | str] = {}
+        if self.engine == "mesh" and (capped := quorum_overrides(self.count, self.settings)):
             self.output.line("note: " + ", ".join(f"{k}={v}" for k, v in capped.items())
                              + f" (capped at {self.count} node{'s' if self.count > 1 else ''})")
+            extra.update(capped)
         try:
-            self._spawn_all(capped)
+            if self.engine == "valkey":
+                if self.valkey_url is None:
+                    if not self._start_valkey():
+                        return 1
+                    extra.update(valkey_url=self._local_valkey_url(), valkey_mode="standalone")
+                else:
+                    self.output.line(f"valkey server at {redact_url(self.valkey_url)} "
+                                     "(given by --valkey-url; not started here)")
+                    extra.update(valkey_url=self.valkey_url)
+                if self.stop_requested.is_set():
+                    raise _Stop
+            self._spawn_all(extra)
             if not self._wait_listening():
                 return 1
             if not self._wait_meshed():
@@ -284,15 +407,56 @@ class LocalCluster:
             self.output.line("stopping the cluster (interrupted while starting)")
             return 0
         for child in self.children:
-            self.output.line(f"node {child.plan.name} http={child.plan.url} "
-                             f"cluster={child.plan.cluster_address}")
+            cluster = f" cluster={child.plan.cluster_address}" if child.plan.cluster_address else ""
+            self.output.line(f"node {child.plan.name} http={child.plan.url}{cluster}")
         self.output.line(f"cluster of {self.count} nodes ready; Ctrl-C stops it")
         return self._supervise()
 
-    def _spawn_all(self, capped: Mapping[str, int]) -> None:
+    # -- the local Valkey server (valkey engine without --valkey-url) ---------------
+    def _local_valkey_url(self) -> str:
+        assert self.valkey is not None
+        return f"{self.valkey.url}/0"
+
+    def _start_valkey(self) -> bool:
+        """Start the local server (AOF on) and say where; False (reported) if it would not."""
+        workdir = valkey_data_dir(self.valkey_port)
+        try:
+            if workdir is None:
+                workdir = self._valkey_temp_dir = Path(tempfile.mkdtemp(prefix="webserver-valkey-"))
+            else:
+                workdir.mkdir(parents=True, exist_ok=True)
+            self.valkey = start_valkey(port=self.valkey_port, appendonly=True, workdir=workdir,
+                                       binary=self._valkey_binary)
+        except (OSError, RuntimeError) as exc:
+            self.output.error(f"the local Valkey server did not start ({self._valkey_binary}, port "
+                              f"{self.valkey_port or 'free'}, directory {workdir}): {exc}")
+            return False
+        temporary = ", a temporary directory removed on stop" if self._valkey_temp_dir else ""
+        self.output.line(f"valkey server at {self.valkey.url} (AOF in {self.valkey.workdir}{temporary})")
+        return True
+
+    def _check_valkey(self) -> None:
+        """Say once if the local server died: the nodes answer 503 for KV from then on."""
+        proc = self.valkey.proc if self.valkey is not None else None
+        if proc is not None and proc.poll() is not None and not self._valkey_reported_exit:
+            self._valkey_reported_exit = True
+            self.output.error(f"the valkey server stopped unexpectedly ({describe_exit(proc.returncode)}; "
+                              f"its log: {self.valkey.workdir / 'server.log' if self.valkey else ''}); "
+                              "the nodes answer 503 for KV")
+
+    def _stop_valkey(self) -> None:
+        """After the nodes: SIGTERM (the server flushes its AOF), SIGKILL past 10 s."""
+        if self.valkey is not None:
+            if self.valkey.proc is not None and self.valkey.proc.poll() is None:
+                self.output.line("stopping the valkey server")
+            self.valkey.stop()
+        if self._valkey_temp_dir is not None:
+            shutil.rmtree(self._valkey_temp_dir, ignore_errors=True)
+
+    def _spawn_all(self, extra: Mapping[str, int | str]) -> None:
         for plan in self.plans:
             env = child_environment(plan, self.plans, self._secret, base_env=self.base_env,
-                                    config_path=self.config_path, extra=capped)
+                                    config_path=self.config_path, extra=extra, engine=self.engine)
             process = subprocess.Popen(
                 [self.python, "-m", "server"], env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -340,7 +504,11 @@ class LocalCluster:
                                       "stopping the cluster")
                     return False
                 seen[child.plan.name] = fetch_nodes(child.plan.http_host, child.plan.http_port)
-            if all(nodes is not None and set(nodes) == expected for nodes in seen.values()):
+            # Valkey may still list nodes of an earlier run (until their heartbeat key
+            # expires) or of other clusters sharing a --valkey-url: all N present is enough.
+            if all(nodes is not None and (expected <= set(nodes) if self.engine == "valkey"
+                                          else set(nodes) == expected)
+                   for nodes in seen.values()):
                 return True
             if time.monotonic() > deadline:
                 views = "; ".join(f"{name} sees {nodes if nodes is not None else 'no answer'}"
@@ -352,6 +520,7 @@ class LocalCluster:
 
     def _supervise(self) -> int:
         while not self.stop_requested.wait(POLL_INTERVAL):
+            self._check_valkey()
             for child in self.children:
                 if not child.alive and not child.reported_exit:
                     child.reported_exit = True
@@ -389,7 +558,10 @@ class LocalCluster:
 
 
 def run_local_cluster(count: int, settings: Settings, *, config_path: str | None = None,
-                      python: str = sys.executable) -> int:
+                      python: str = sys.executable, engine: str = "mesh",
+                      valkey_url: str | None = None, valkey_port: int | None = None) -> int:
     """Run count local nodes until a stop signal; the exit code (0, or 1 if the cluster
-    could not form or every node died). Raises ConfigError for a bad count or ports."""
-    return LocalCluster(count, settings, config_path=config_path, python=python).run()
+    (or its local Valkey server) could not start or every node died). Raises ConfigError
+    for a bad count, engine, ports, or no Valkey server binary."""
+    return LocalCluster(count, settings, config_path=config_path, python=python, engine=engine,
+                        valkey_url=valkey_url, valkey_port=valkey_port).run()

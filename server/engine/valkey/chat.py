@@ -69,7 +69,10 @@ class ValkeyChat:
         self.local_counts: dict[str, int] = {}  # room -> local members
         self.lost = 0  # messages and presence changes that could not be sent
         self._send, self._receive = trio.open_memory_channel[_Outgoing](QUEUE_SIZE)
-        self._subscribed: set[str] = set()
+        self._subscribed: set[str] = set()  # room channels wanted (rooms with local members)
+        # (node, connection id) -> when an event last changed it: a re-read of a presence
+        # hash that began before that must not undo it.
+        self._changed_at: dict[tuple[str, str], float] = {}
         self._pubsub: Any = None
         self._resubscribe = trio.Event()
 
@@ -185,12 +188,13 @@ class ValkeyChat:
 
     # -- subscriptions ---------------------------------------------------------------
     async def _subscribe(self, room: str) -> None:
+        # Wanted from now on, even if this call fails: a subscription that (re)opens
+        # takes every wanted channel.
         channel = self.keys.room_channel(room)
-        if channel in self._subscribed or self._pubsub is None:
-            self._subscribed.add(channel)  # subscribed when the subscription (re)opens
-            return
-        await self.client.call("SUBSCRIBE", lambda c: self._pubsub.subscribe(channel))
+        already = channel in self._subscribed
         self._subscribed.add(channel)
+        if not already and self._pubsub is not None:
+            await self.client.call("SUBSCRIBE", lambda c: self._pubsub.subscribe(channel))
 
     async def _unsubscribe(self, room: str) -> None:
         channel = self.keys.room_channel(room)
@@ -245,6 +249,7 @@ class ValkeyChat:
             return
         node, room, conn, user, event = (str(v) for v in fields)
         if node != self.node_name:
+            self._changed_at[(node, conn)] = trio.current_time()
             self._apply(node, room, conn, user, event)
 
     def _apply(self, node: str, room: str, conn: str, user: str, event: str) -> None:
@@ -281,8 +286,11 @@ class ValkeyChat:
 
         await self.client.call("PIPELINE", write, batch_size=2, traced=False)
 
-    def replace_presence(self, node: str, fields: dict[str, str]) -> None:
-        """A node's whole presence hash as just read: announce what changed."""
+    def replace_presence(self, node: str, fields: dict[str, str], read_at: float) -> None:
+        """A node's whole presence hash as read at read_at: announce what changed since,
+        except for members an event changed after read_at (the event is newer)."""
+        self._changed_at = {k: t for k, t in self._changed_at.items() if t >= read_at - 60}
+        newer = {conn for (n, conn), t in self._changed_at.items() if n == node and t >= read_at}
         fresh: dict[str, dict[str, str]] = {}
         for field, user in fields.items():
             parsed = split_presence_field(field)
@@ -291,11 +299,11 @@ class ValkeyChat:
         old = self.remote.get(node, {})
         for room, members in list(old.items()):
             for conn, user in list(members.items()):
-                if conn not in fresh.get(room, {}):
+                if conn not in fresh.get(room, {}) and conn not in newer:
                     self._apply(node, room, conn, user, "leave")
         for room, members in fresh.items():
             for conn, user in members.items():
-                if conn not in old.get(room, {}):
+                if conn not in old.get(room, {}) and conn not in newer:
                     self._apply(node, room, conn, user, "join")
 
     def forget_node(self, node: str) -> None:

@@ -115,6 +115,7 @@ class ValkeyEngine:
         others = sorted(n for n in names if n != self.name)
         heartbeats: dict[str, str | None] = {}
         presence: dict[str, dict[str, str]] = {}
+        read_at = trio.current_time()
         if others:
             async def read(c: Client) -> tuple[list[Any], list[Any]]:
                 async with c.pipeline(transaction=False) as pipe:
@@ -136,7 +137,7 @@ class ValkeyEngine:
             self.chat.forget_node(name)
         for name, fields in presence.items():
             if self.table.nodes.get(name) is not None and self.table.nodes[name].up:
-                self.chat.replace_presence(name, fields)
+                self.chat.replace_presence(name, fields, read_at)
         if dropped:
             await self.client.call("SREM", lambda c: c.srem(self.keys.nodes, dropped), traced=False)
         if not renewed:  # no hash: none yet, or Valkey lost it (restarted without AOF)
