@@ -18,9 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m server
 
-# Three local nodes meshed together (HTTP 4000-4002, cluster 4100-4102); Ctrl-C stops them.
+# Three local nodes sharing state (HTTP 4000-4002); Ctrl-C stops them. ENGINE=mesh (default):
+# meshed together on cluster ports 4100-4102. ENGINE=valkey: through a local Valkey server
+# started first on 127.0.0.1:6379 (AOF in test-output/valkey-6379/, kept across runs).
+ENGINE ?= mesh
 cluster: $(STAMP)
-	$(PY) -m server --cluster 3
+	$(PY) -m server --cluster 3 --engine $(ENGINE)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -14,8 +14,11 @@ import trio
 from server.errors import ConfigError
 from server.local_cluster import (
     CLUSTER_PORT_OFFSET,
+    DEFAULT_VALKEY_PORT,
     MAX_NODES,
     MIN_NODES,
+    VALKEY_HOST,
+    check_cluster_engine,
     check_node_count,
     run_local_cluster,
 )
@@ -39,6 +42,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"run N ({MIN_NODES}-{MAX_NODES}) local nodes meshed together, with a fresh "
                         "secret; HTTP ports from --bind's port, cluster ports at HTTP port + "
                         f"{CLUSTER_PORT_OFFSET}")
+    p.add_argument("--engine", metavar="ENGINE",
+                   help=f"where shared state lives: memory, mesh or valkey (env {env_name('engine')}); "
+                        "with --cluster: mesh (default) or valkey")
+    p.add_argument("--valkey-url", metavar="URL",
+                   help=f"the Valkey server, redis://HOST:PORT[/DB] (env {env_name('valkey_url')}); "
+                        "with --cluster --engine valkey: use this server instead of starting one")
+    p.add_argument("--valkey-port", type=int, metavar="PORT",
+                   help="with --cluster --engine valkey: start a local Valkey server on "
+                        f"{VALKEY_HOST}:PORT (default {DEFAULT_VALKEY_PORT}, which must be free; "
+                        "0 = a free port, data in a temporary directory)")
     return p.parse_args(argv)
 
 
@@ -68,19 +81,27 @@ async def run(settings: Settings) -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    """`--cluster N`: the supervisor decides each node's name, cluster address and peers."""
+    """`--cluster N`: the supervisor decides each node's name, cluster address and peers,
+    and the engine (--engine, mesh by default; the environment's and file's are not used)."""
     try:
         check_node_count(args.cluster)
         for flag, value in (("--node-name", args.node_name), ("--cluster-bind", args.cluster_bind),
                             ("--peers", args.peers)):
             if value is not None:
                 raise ConfigError(f"{flag}: not with --cluster (each local node gets its own)")
+        engine = args.engine or "mesh"
+        check_cluster_engine(engine, valkey_url=args.valkey_url, valkey_port=args.valkey_port)
         # Validate everything else the nodes will load; the cluster settings are the supervisor's.
-        settings = load_settings(config_path=args.config,
-                                 overrides={"bind": args.bind, "node_name": "", "cluster_bind": "",
-                                            "cluster_advertise": "", "peers": ""})
+        overrides = {"bind": args.bind, "node_name": "", "cluster_bind": "", "cluster_advertise": "",
+                     "peers": "", "engine": ""}
+        if engine == "valkey":
+            local = f"redis://{VALKEY_HOST}:{args.valkey_port or DEFAULT_VALKEY_PORT}/0"
+            overrides |= ({"engine": "valkey", "valkey_url": args.valkey_url} if args.valkey_url
+                          else {"engine": "valkey", "valkey_url": local, "valkey_mode": "standalone"})
+        settings = load_settings(config_path=args.config, overrides=overrides)
         load_tracing_config(settings.telemetry_config)
-        return run_local_cluster(args.cluster, settings, config_path=args.config)
+        return run_local_cluster(args.cluster, settings, config_path=args.config, engine=engine,
+                                 valkey_url=args.valkey_url, valkey_port=args.valkey_port)
     except ConfigError as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -91,9 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster is not None:
         return run_cluster(args)
     try:
+        if args.valkey_port is not None:
+            raise ConfigError("--valkey-port: only with --cluster --engine valkey (it starts a local "
+                              "server); a single node dials --valkey-url")
         settings = load_settings(config_path=args.config,
                                  overrides={"bind": args.bind, "node_name": args.node_name,
-                                            "cluster_bind": args.cluster_bind, "peers": args.peers})
+                                            "cluster_bind": args.cluster_bind, "peers": args.peers,
+                                            "engine": args.engine, "valkey_url": args.valkey_url})
         load_tracing_config(settings.telemetry_config)  # fail before serving, not during
     except ConfigError as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)

@@ -27,7 +27,8 @@ _name = settings.node_name or default_node_name(settings.host, settings.port)
 telemetry = configure_tracing(settings.telemetry_config, _name)
 _host = f"[{settings.host}]" if ":" in settings.host else settings.host
 node = Node(settings, name=_name, tracer_provider=telemetry.provider,
-            http_url=f"http://{_host}:{settings.port}", telemetry=telemetry, metrics=telemetry.metrics)
+            http_url=settings.advertise_url or f"http://{_host}:{settings.port}", telemetry=telemetry,
+            metrics=telemetry.metrics)
 _quart = create_app(node)
 _services = trio.CancelScope()
 

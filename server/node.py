@@ -184,8 +184,8 @@ async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider |
         metrics = telemetry.metrics
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
-    node = Node(settings, name=name, tracer_provider=provider, http_url=url, transport=transport,
-                metrics=metrics, telemetry=telemetry)
+    node = Node(settings, name=name, tracer_provider=provider, http_url=settings.advertise_url or url,
+                transport=transport, metrics=metrics, telemetry=telemetry)
     config = hypercorn_config(settings)
     config.bind = [f"fd://{sock.fileno()}"]
     stop = trio.Event()

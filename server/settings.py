@@ -37,6 +37,10 @@ class Settings:
     bind: str = "127.0.0.1:4000"
     # Empty means "webserver@<host>:<port>" of the address actually bound.
     node_name: str = ""
+    # http://HOST:PORT where other nodes and the pages reach this node (the trace
+    # viewer asks peers there on the valkey engine); empty: the address bound.
+    # Set it when bind is a wildcard (0.0.0.0) or behind NAT / in a container.
+    advertise_url: str = ""
     history_size: int = 50
     # Frames a connection may have queued before the broadcaster drops for it.
     outbound_queue_size: int = 256
@@ -115,6 +119,8 @@ class Settings:
         return self
 
     def _validate_engine(self) -> None:
+        if self.advertise_url and not self.advertise_url.startswith(("http://", "https://")):
+            raise ConfigError(f"advertise_url: expected http://HOST:PORT, got {self.advertise_url!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine: expected one of {', '.join(ENGINES[1:])}, got {self.engine!r}")
         kind = self.engine_kind

@@ -248,3 +248,100 @@ def test_docker_compose_requires_the_cluster_secret(tmp_path: Path) -> None:
     result = _compose("--env-file", str(empty), "config", "-q", env=env)
     assert result.returncode != 0
     assert "set WEBSERVER_CLUSTER_SECRET" in result.stderr, result.stderr
+
+
+# -- profile "valkey": nodes whose shared state lives in the valkey service ------------
+VALKEY_NODES = ("webserver-valkey1", "webserver-valkey2", "webserver-valkey3")
+
+
+def _command_list(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return [str(c) for c in command] if isinstance(command, list) else command.split()
+
+
+def _option(command: list[str], name: str) -> str:
+    """The value after `--name` in a valkey-server command line."""
+    assert name in command, command
+    return command[command.index(name) + 1]
+
+
+def test_valkey_service_keeps_an_append_only_file(services: dict[str, Any], compose: dict[str, Any]) -> None:
+    valkey = services["valkey"]
+    repo, _, tag = valkey["image"].rpartition(":")
+    assert repo == "valkey/valkey" and re.fullmatch(r"8\.\d+\.\d+", tag), valkey["image"]
+    assert valkey.get("profiles") == ["valkey"]  # `docker-compose up` alone does not start it
+    command = _command_list(valkey)
+    assert command[0] == "valkey-server"
+    assert _option(command, "--appendonly") == "yes"
+    assert _option(command, "--appendfsync") == "everysec"
+    # The AOF lives in a named volume at the image's working directory, /data.
+    volumes = [v.split(":") for v in valkey["volumes"] if isinstance(v, str)]
+    assert ["valkey-data", "/data"] in volumes, valkey["volumes"]
+    assert "valkey-data" in (compose.get("volumes") or {})
+    test = valkey["healthcheck"]["test"]
+    assert (test if isinstance(test, str) else " ".join(test)).endswith("valkey-cli ping"), test
+    assert not valkey.get("ports"), "Valkey has no password: it stays on the compose network"
+
+
+@pytest.mark.parametrize("name", VALKEY_NODES)
+def test_valkey_profile_node_uses_the_valkey_service(services: dict[str, Any], name: str) -> None:
+    node = services[name]
+    assert node.get("profiles") == ["valkey"]
+    build = node["build"]
+    assert (ROOT / (build if isinstance(build, str) else build["context"])).resolve() == ROOT
+    env = _env(node)
+    assert env == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "WEBSERVER_BIND": "0.0.0.0:4000",
+        "WEBSERVER_NODE_NAME": f"webserver@{name}:4000",
+        # Where the others reach it (the trace viewer asks peers there): not 0.0.0.0.
+        "WEBSERVER_ADVERTISE_URL": f"http://{name}:4000",
+        "WEBSERVER_ENGINE": "valkey",
+        "WEBSERVER_VALKEY_URL": "redis://valkey:6379/0",
+    }
+    # Started once Valkey answers its health check (and after the collector).
+    depends = node["depends_on"]
+    assert isinstance(depends, dict), depends
+    assert depends["valkey"] == {"condition": "service_healthy"}
+    assert "otel-collector" in depends
+    assert [str(p).split("#")[0].strip() for p in node["ports"]] == \
+        [f"{4010 + VALKEY_NODES.index(name)}:4000"]
+
+
+def test_valkey_profile_node_environments_are_valid_settings(services: dict[str, Any]) -> None:
+    """Only real WEBSERVER_* settings: each node's environment loads as the node would
+    load it, the valkey engine on the valkey service, with no mesh settings at all."""
+    names = set()
+    for name in VALKEY_NODES:
+        env = {k: v for k, v in _env(services[name]).items() if k.startswith("WEBSERVER_")}
+        settings = load_settings(environ=env)
+        assert settings.engine_kind == "valkey" and settings.clustered
+        assert settings.valkey_mode == "standalone"
+        assert settings.valkey_urls == ["redis://valkey:6379/0"]
+        assert not settings.cluster_bind and not settings.peer_addresses and not settings.cluster_secret
+        names.add(settings.node_name)
+    assert len(names) == len(VALKEY_NODES)
+    assert "valkey" in services  # the URL's host is a service on the compose network
+
+
+def test_valkey_profile_leaves_the_mesh_nodes_alone(services: dict[str, Any]) -> None:
+    """The mesh nodes start without a profile, and the two sets of nodes publish
+    different host ports, so `--profile valkey` can run them side by side."""
+    published: list[str] = []
+    for name in (*NODES, *VALKEY_NODES):
+        published += [str(p).split("#")[0].strip().split(":")[0] for p in services[name]["ports"]]
+    assert len(published) == len(set(published)), published
+    for name in NODES:
+        assert "profiles" not in services[name], name
+        assert "WEBSERVER_ENGINE" not in _env(services[name])  # mesh, from cluster_bind
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose not on PATH (install it with .ci/install-system-deps)",
+)
+def test_docker_compose_config_validates_with_the_valkey_profile() -> None:
+    result = _compose("--profile", "valkey", "config", "-q",
+                      env=os.environ | {"WEBSERVER_CLUSTER_SECRET": DUMMY_SECRET})
+    assert result.returncode == 0, result.stderr

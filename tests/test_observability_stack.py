@@ -33,11 +33,14 @@ CONF = ROOT / "conf"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 NODES = ("webserver1", "webserver2", "webserver3")
 STACK = ("otel-collector", "tempo", "prometheus", "loki", "grafana")
+# Profile `valkey`: the same nodes on the valkey engine, and its server.
+VALKEY_PROFILE = ("valkey", "webserver-valkey1", "webserver-valkey2", "webserver-valkey3")
 # A stand-in for the secret compose requires; never a real one.
 DUMMY_SECRET = "dummy-secret-for-config-validation-only-0123456789"
 
 # Image repository -> the version line the configs here are written for.
 IMAGES = {
+    "valkey/valkey": re.compile(r"8\.\d+\.\d+"),
     "otel/opentelemetry-collector-contrib": re.compile(r"0\.\d+\.\d+"),
     "grafana/tempo": re.compile(r"2\.\d+\.\d+"),        # conf/tempo.yaml: 2.x format
     "prom/prometheus": re.compile(r"v3\.\d+\.\d+"),
@@ -81,7 +84,7 @@ REQUIRED_PANELS = {
     "Chat recipients per message": ["webserver_chat_recipients_bucket"],
     "Chat messages dropped": ["webserver_chat_dropped_total"],
     "KV latency by operation": ["webserver_kv_operation_duration_seconds_bucket", "kv_operation"],
-    "KV quorum failures": ['kv_outcome="quorum_failure"'],
+    "KV unavailable (no quorum, engine down)": ['kv_outcome=~"quorum_failure|engine_down"'],
     "Cluster members by status": ["webserver_cluster_members", "status"],
     "Cluster link reconnects": ["webserver_cluster_link_reconnects_total"],
     "Span export queue size": ["webserver_otel_export_queue_size"],
@@ -233,7 +236,7 @@ def test_config_file_loads(path: Path) -> None:
 
 
 def test_compose_has_the_whole_stack(services: dict[str, Any]) -> None:
-    assert set(services) == {*STACK, *NODES}
+    assert set(services) == {*STACK, *NODES, *VALKEY_PROFILE}
 
 
 def test_every_image_is_pinned(services: dict[str, Any]) -> None:
@@ -588,7 +591,7 @@ def test_docker_compose_resolves_the_stack() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert set(resolved["services"]) == {*STACK, *NODES}
+    assert set(resolved["services"]) == {*STACK, *NODES, *VALKEY_PROFILE}
     mounts = 0
     for name, service in resolved["services"].items():
         for vol in service.get("volumes") or []:

@@ -231,3 +231,14 @@ async def test_the_trace_viewer_assembles_a_chat_trace_from_both_nodes_over_http
             body = (await http.get(f"{n1.url}/debug/traces/api/traces/{trace_id}")).json()
             names = {(s["node"], s["name"]) for s in body["spans"]}
             assert {("n1", "chat.broadcast"), ("n1", "PIPELINE"), ("n2", "chat.broadcast")} <= names, names
+
+
+async def test_other_nodes_see_the_advertised_url(
+        nursery: trio.Nursery, valkey: ValkeyProcess, prefix: str) -> None:
+    n1 = await valkey_node(nursery, valkey.url, "n1", prefix)
+    await valkey_node(nursery, valkey.url, "n2", prefix, advertise_url="http://n2.example:4000")
+    async with httpx.AsyncClient(timeout=10) as http:
+        async def advertised() -> bool:
+            members = (await http.get(f"{n1.url}/nodes?detail=1")).json()["members"]
+            return {m["name"]: m["http_url"] for m in members}.get("n2") == "http://n2.example:4000"
+        await until(advertised, 10, "n2's advertised URL on n1")
