@@ -166,7 +166,7 @@ class Hub:
         # The peer's order is the room's order (timestamps tie within a millisecond);
         # anything newer held here only follows it.
         known = {m.id for m in fetched}
-        newer = [m for m in room.history if m.id not in known and m.timestamp > fetched[-1].timestamp]
+        newer = [m for m in room.history if m.id not in known and m.timestamp >= fetched[-1].timestamp]
         room.history.clear()
         room.history.extend([*fetched, *newer])
 

@@ -27,7 +27,9 @@ def make_engine(settings: Settings, *, name: str, http_url: str, tracer: trace.T
     if kind == "valkey":
         try:
             from server.engine.valkey.engine import ValkeyEngine
-        except ImportError as exc:  # the client library is the `valkey` extra
+        except ModuleNotFoundError as exc:  # the client library is the `valkey` extra
+            if exc.name != "coredis" and not (exc.name or "").startswith("coredis."):
+                raise
             raise ConfigError(f"engine = \"valkey\" needs the valkey extra "
                               f"(pip install 'webserver[valkey]'): {exc}") from None
         return ValkeyEngine(settings, name=name, http_url=http_url, tracer=tracer, metrics=metrics)
