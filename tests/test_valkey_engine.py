@@ -29,7 +29,7 @@ from server.engine.valkey_process import (
 )
 from server.node import RunningNode
 from server.ports import free_port
-from tests.harness import JsonClient, json_client, start_node
+from tests.harness import JsonClient, json_client, start_node, wait_for_spans
 
 FAST = {"heartbeat_interval": "0.2", "failure_timeout": "1.0", "valkey_timeout": "0.5",
         "reconnect_max_backoff": "0.5"}
@@ -242,3 +242,32 @@ async def test_other_nodes_see_the_advertised_url(
             members = (await http.get(f"{n1.url}/nodes?detail=1")).json()["members"]
             return {m["name"]: m["http_url"] for m in members}.get("n2") == "http://n2.example:4000"
         await until(advertised, 10, "n2's advertised URL on n1")
+
+
+async def test_engine_calls_are_client_spans_under_the_kv_span_with_database_attributes(
+        nursery: trio.Nursery, valkey: ValkeyProcess, prefix: str) -> None:
+    exporter = InMemorySpanExporter()
+    node = await start_node(nursery, exporter, engine="valkey", valkey_url=valkey.url,
+                            valkey_prefix=prefix, node_name="d1", **FAST)
+    async with httpx.AsyncClient(base_url=node.url, timeout=10) as http:
+        with trio.fail_after(10):
+            async def written() -> bool:
+                return (await http.put("/kv/secret-key", json="secret-value")).status_code == 200
+            await until(written, 5, "a write")
+            assert (await http.get("/kv/secret-key")).status_code == 200
+            await wait_for_spans(exporter, "GET /kv/{key}")  # it ends once the answer is sent
+    spans = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+    gets = [s for s in spans if s.name == "GET" and s.kind.name == "CLIENT"]
+    assert len(gets) == 1, [s.name for s in spans]
+    get = gets[0]
+    attributes = dict(get.attributes or {})
+    assert attributes["db.system.name"] == "valkey"
+    assert attributes["db.operation.name"] == "GET"
+    assert (attributes["server.address"], attributes["server.port"]) == ("127.0.0.1", valkey.port)
+    assert attributes["db.namespace"] == "0"
+    assert get.parent is not None
+    kv_get = by_id[get.parent.span_id]
+    assert kv_get.name == "kv.get" and kv_get.parent is not None
+    assert by_id[kv_get.parent.span_id].name == "GET /kv/{key}"
+    assert all("secret-value" not in str(v) for s in spans for v in (s.attributes or {}).values())
