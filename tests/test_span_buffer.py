@@ -14,7 +14,17 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from server.settings import load_settings
 from tracing.lean import LeanSpan, tracer_for
-from tracing.span_buffer import SpanBuffer, peer_reply, span_to_json, valid_trace_id
+from tracing.span_buffer import (
+    RECENT_TRACES,
+    SpanBuffer,
+    merge_summaries,
+    missing_parents,
+    peer_reply,
+    select,
+    span_to_json,
+    valid_share,
+    valid_trace_id,
+)
 
 MS = 1_000_000
 
@@ -89,8 +99,9 @@ def test_summaries_newest_first_with_root_duration_counts() -> None:
     new = make_trace(tracer, "GET /b", t0 + 1000 * MS, 50, error=True)
     summaries = buffer.traces()
     assert [s["trace_id"] for s in summaries] == [new, old]
-    assert summaries[1] == {"trace_id": old, "root_name": "GET /a", "start_unix_nano": t0,
-                            "duration_ms": 5.0, "span_count": 3, "nodes": ["n1"], "errors": 0}
+    assert summaries[1] == {"trace_id": old, "root_name": "GET /a", "root_node": "n1", "start_unix_nano": t0,
+                            "duration_ms": 5.0, "span_count": 3, "nodes": ["n1"], "errors": 0,
+                            "polling": False}
     assert summaries[0]["errors"] == 1 and summaries[0]["span_count"] == 2
     assert buffer.traces(limit=1)[0]["trace_id"] == new
 
@@ -115,16 +126,89 @@ def test_filters_by_name_min_duration_and_errors() -> None:
     assert ids(name="kv", errors_only=True) == set()
 
 
-def test_root_elsewhere_is_the_earliest_span_here() -> None:
+def remote_parent(trace_id: int = 0xABC, span_id: int = 0xDEF) -> Any:
+    """A context whose current span is another node's."""
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(trace.NonRecordingSpan(remote))
+
+
+def test_root_elsewhere_is_the_earliest_span_here_with_no_root_node() -> None:
     buffer, tracer = buffered()
-    remote = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-    ctx = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+    ctx = remote_parent()
     tracer.start_span("late", context=ctx, start_time=2000).end(3000)
     tracer.start_span("early", context=ctx, start_time=1000).end(1500)
     (summary,) = buffer.traces()
-    assert summary["root_name"] == "early"
+    assert summary["root_name"] == "early" and summary["root_node"] is None
     assert summary["trace_id"] == f"{0xABC:032x}"
     assert summary["duration_ms"] == 0.002
+    # An HTTP request with a client's traceparent is the trace's entry all the same.
+    tracer.start_span("GET /kv/{key}", context=remote_parent(0x123), kind=SpanKind.SERVER, start_time=1000,
+                      attributes={"url.path": "/kv/a"}).end(2000)
+    http = next(s for s in buffer.traces() if s["trace_id"] == f"{0x123:032x}")
+    assert http["root_node"] == "n1" and http["root_name"] == "GET /kv/{key}"
+
+
+def test_shares_of_several_nodes_merge_into_one_trace_under_its_real_root() -> None:
+    """A forwarded or replicated part (its parent on another node) is no trace of its own."""
+    n1, t1 = buffered(node="n1")
+    n2, t2 = buffered(node="n2")
+    n3, t3 = buffered(node="n3")
+    root = t1.start_span("PUT /kv/{key}", kind=SpanKind.SERVER, start_time=1000 * MS,
+                         attributes={"url.path": "/kv/a"})
+    ctx = root.get_span_context()
+    t2.start_span("kv.put", context=remote_parent(ctx.trace_id, ctx.span_id), kind=SpanKind.SERVER,
+                  start_time=1001 * MS).end(1002 * MS)
+    failed = t3.start_span("kv.put", context=remote_parent(ctx.trace_id, ctx.span_id), kind=SpanKind.SERVER,
+                           start_time=1001 * MS)
+    failed.set_status(Status(StatusCode.ERROR, "disk"))
+    failed.end(1006 * MS)
+    root.end(1004 * MS)
+    make_trace(t2, "GET /other", 900 * MS, 1)  # an older trace of n2's own
+
+    shares = n2.summaries() + n3.summaries() + n1.summaries()  # in any order
+    assert all(valid_share(s) for s in shares)
+    merged = merge_summaries(shares)
+    assert [t["root_name"] for t in merged] == ["PUT /kv/{key}", "GET /other"]
+    put = merged[0]
+    assert put["trace_id"] == f"{ctx.trace_id:032x}" and put["root_node"] == "n1"
+    assert put["nodes"] == ["n1", "n2", "n3"]  # the root's node first
+    assert (put["span_count"], put["errors"], put["duration_ms"]) == (3, 1, 6.0)
+    # Filters apply to the whole trace: n3's failed replica makes the PUT an error trace,
+    # and a span name held only by a replica finds it.
+    (errors,), _ = select(merged, errors_only=True)
+    assert errors["trace_id"] == put["trace_id"] and "names" not in errors
+    assert [t["root_name"] for t in select(merged, name="KV.PUT")[0]] == ["PUT /kv/{key}"]
+    assert [t["root_name"] for t in select(merged, min_duration_ms=5)[0]] == ["PUT /kv/{key}"]
+    # Seen from n2 alone, the replica is a trace without its root.
+    alone = [t for t in n2.traces() if t["trace_id"] == put["trace_id"]]
+    assert alone[0]["root_node"] is None and alone[0]["root_name"] == "kv.put"
+
+
+def test_polling_traces_are_left_out_unless_included() -> None:
+    buffer, tracer = buffered()
+    for query in ("detail=1&poll=1", "detail=1", "poll=0"):
+        tracer.start_span("GET /nodes", kind=SpanKind.SERVER, start_time=1000,
+                          attributes={"url.path": "/nodes", "url.query": query}).end(2000)
+    traces, hidden = select(merge_summaries(buffer.summaries()))
+    assert hidden == 1 and len(traces) == 2 and not any(t["polling"] for t in traces)
+    everything, hidden = select(merge_summaries(buffer.summaries()), include_polling=True)
+    assert hidden == 0 and sorted(t["polling"] for t in everything) == [False, False, True]
+
+
+def test_missing_parents_are_remote_parents_no_node_returned() -> None:
+    buffer, tracer = buffered(node="n2")
+    with tracer.start_as_current_span("local-root"):
+        tracer.start_span("local-child").end()
+    tracer.start_span("chat.broadcast", context=remote_parent(0xABC, 0xDEF), kind=SpanKind.CONSUMER,
+                      attributes={"chat.origin_node": "n3"}).end()
+    tracer.start_span("GET /kv/{key}", context=remote_parent(0xABC, 0xD00), kind=SpanKind.SERVER,
+                      attributes={"url.path": "/kv/a"}).end()
+    spans = [span_to_json(s, "n2") for s in buffer.snapshot()]
+    (orphan,) = missing_parents(spans)
+    assert orphan["name"] == "chat.broadcast" and orphan["node"] == "n2"
+    assert orphan["absent"] == [f"{0xDEF:016x}"] and orphan["from_node"] == "n3"
+    # A local parent that is not there yet (still running) is not a missing node.
+    assert missing_parents([s for s in spans if s["name"] == "local-child"]) == []
 
 
 def test_span_to_json_of_a_real_span() -> None:
@@ -152,9 +236,9 @@ def test_span_to_json_of_a_real_span() -> None:
     assert out["events"][1]["name"] == "exception"
     assert out["events"][1]["attributes"]["exception.message"] == "bad"
     assert out["links"] == [{"trace_id": f"{0x1234:032x}", "span_id": f"{0x5678:016x}"}]
-    assert out["node"] == "n7"
+    assert out["node"] == "n7" and out["parent_remote"] is False
     root = span_to_json(buffer.snapshot()[1], "n7")
-    assert root["parent_span_id"] is None and root["kind"] == "INTERNAL"
+    assert root["parent_span_id"] is None and root["kind"] == "INTERNAL" and root["parent_remote"] is False
     assert root["status"] == {"code": "UNSET", "description": None}
 
 
@@ -186,11 +270,29 @@ def test_peer_reply_validates_and_truncates_to_the_byte_budget() -> None:
     assert full["node"] == "n2" and len(full["spans"]) == 21 and full["truncated"] is False
     small = peer_reply(buffer, "n2", {"trace_id": trace_id}, 2000)
     assert 0 < len(small["spans"]) < 21 and small["truncated"] is True
-    assert len(json.dumps(small["spans"])) <= 2000 + 100
+    # the budget, plus the list's brackets and commas
+    assert len(json.dumps(small["spans"], separators=(",", ":"))) <= 2000 + len(small["spans"]) + 1
     assert peer_reply(None, "n2", {"trace_id": trace_id}, 1000) == {"node": "n2", "spans": [],
                                                                      "truncated": False}
     with pytest.raises(ValueError):
         peer_reply(buffer, "n2", {"trace_id": "xyz"}, 1000)
+
+
+def test_peer_reply_recent_gives_summary_shares_within_the_byte_budget() -> None:
+    buffer, tracer = buffered(node="n2")
+    for i in range(30):
+        make_trace(tracer, f"GET /{i}", 10_000 + i * MS, 1)
+    full = peer_reply(buffer, "n2", {"trace_id": RECENT_TRACES}, 1_000_000)
+    assert full["node"] == "n2" and full["truncated"] is False and len(full["summaries"]) == 30
+    assert all(valid_share(s) for s in full["summaries"])
+    assert full["summaries"][0]["root_name"] == "GET /29"  # newest first: the oldest are left out
+    small = peer_reply(buffer, "n2", {"trace_id": RECENT_TRACES}, 2000)
+    assert 0 < len(small["summaries"]) < 30 and small["truncated"] is True
+    assert small["summaries"] == full["summaries"][:len(small["summaries"])]
+    assert peer_reply(None, "n2", {"trace_id": RECENT_TRACES}, 1000) == {
+        "node": "n2", "summaries": [], "truncated": False}
+    assert not valid_share({**full["summaries"][0], "span_count": "3"})
+    assert not valid_share({**full["summaries"][0], "trace_id": "zz"})
 
 
 def test_valid_trace_id() -> None:

@@ -1,5 +1,6 @@
-"""`/debug/traces/api/...` over real HTTP: one node's buffer, and traces assembled
-from a real three-node cluster, partial when a member is down."""
+"""`/debug/traces/api/...` over real HTTP: one node's buffer, bad parameters refused,
+and traces and the trace list assembled from a real three-node cluster (mesh, and
+valkey where a server binary is installed), partial when a member is down or gone."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import trio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from server.node import RunningNode
-from tests.harness import start_node
+from tests.harness import json_client, start_node
 
 SECRET = "test-cluster-secret-0123456789abcdef"
 LIST = "/debug/traces/api/traces"
@@ -88,12 +89,33 @@ async def _count(http: httpx.AsyncClient, params: dict[str, str], at_least: int)
     return len((await http.get(LIST, params=params)).json()["traces"]) >= at_least
 
 
-@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "x"}, {"limit": "5000"}, {"min_ms": "-1"},
-                                    {"min_ms": "fast"}])
-async def test_bad_list_query_is_400(http: httpx.AsyncClient, params: dict[str, str]) -> None:
-    r = await http.get(LIST, params=params)
-    assert r.status_code == 400
-    assert next(iter(params)) in r.json()["error"]
+@pytest.mark.parametrize("query", [
+    "limit=0", "limit=x", "limit=5000", "limit=1.5", "min_ms=-1", "min_ms=fast", "min_ms=nan", "min_ms=inf",
+    "errors=maybe", "errors=2", "include_polling=sometimes", "local=yes please", "name=" + "x" * 201,
+    "limit=5&limit=6", "error=1", "nme=PUT"])
+async def test_bad_list_query_is_400_saying_what_was_wrong(http: httpx.AsyncClient, query: str) -> None:
+    r = await http.get(f"{LIST}?{query}")
+    assert r.status_code == 400, (query, r.text)
+    error = r.json()["error"]
+    assert error.startswith(query.split("=")[0] + ":"), error  # names the parameter first
+    if query == "errors=maybe":
+        assert error == "errors: expected 1 or 0 (true/false, yes/no, on/off), got 'maybe'"
+    if query == "nme=PUT":
+        assert "unknown parameter" in error and "name" in error
+
+
+@pytest.mark.parametrize("query", ["errors=", "errors=0", "errors=off", "errors=TRUE", "local=1",
+                                   "limit=1000", "min_ms=0.5", "include_polling=yes", "name=%20PUT%20"])
+async def test_good_list_queries_are_accepted(http: httpx.AsyncClient, query: str) -> None:
+    r = await http.get(f"{LIST}?{query}")
+    assert r.status_code == 200, (query, r.text)
+
+
+async def test_bad_trace_query_is_400(http: httpx.AsyncClient) -> None:
+    for query in ("local=maybe", "locl=1", "local=1&local=0"):
+        r = await http.get(f"{LIST}/{'ab' * 16}?{query}")
+        assert r.status_code == 400, (query, r.text)
+        assert r.json()["error"].startswith(query.split("=")[0] + ":")
 
 
 @pytest.mark.parametrize("bad", ["xyz", "0AF7651916CD43DD8448EB211C80319C", "0" * 32, "a" * 33])
@@ -116,7 +138,9 @@ async def test_buffer_off_with_zero(nursery: trio.Nursery) -> None:
         async with httpx.AsyncClient(base_url=running.url, timeout=10) as http:
             assert (await http.put("/kv/k", json=1)).status_code == 200
             listing = (await http.get(LIST)).json()
-            assert listing == {"node": running.node.name, "enabled": False, "traces": []}
+            assert listing == {"node": running.node.name, "scope": "cluster", "enabled": False,
+                               "nodes": [running.node.name], "partial": False, "missing": [], "truncated": [],
+                               "hidden_polling": 0, "traces": []}
             assert (await http.get(f"{LIST}/{'ab' * 16}")).status_code == 404
     finally:
         running.stop()
@@ -124,11 +148,13 @@ async def test_buffer_off_with_zero(nursery: trio.Nursery) -> None:
 
 # -- three nodes ---------------------------------------------------------------
 
-@pytest.fixture
-async def members(nursery: trio.Nursery) -> AsyncIterator[list[tuple[RunningNode, httpx.AsyncClient]]]:
+Members = list[tuple[RunningNode, httpx.AsyncClient]]
+
+
+async def start_members(nursery: trio.Nursery, out: Members, **settings: str) -> None:
+    """n1, n2, n3 of one mesh cluster, each with an HTTP client, appended to out."""
     fast = {"cluster_bind": "127.0.0.1:0", "cluster_secret": SECRET, "heartbeat_interval": "0.2",
-            "failure_timeout": "1.0", "cluster_request_timeout": "2.0"}
-    out: list[tuple[RunningNode, httpx.AsyncClient]] = []
+            "failure_timeout": "1.0", "cluster_request_timeout": "2.0", **settings}
     first = None
     for i in range(3):
         extra = {"node_name": f"n{i + 1}"}
@@ -140,10 +166,33 @@ async def members(nursery: trio.Nursery) -> AsyncIterator[list[tuple[RunningNode
         out.append((running, httpx.AsyncClient(base_url=running.url, timeout=10)))
     for running, _ in out:
         await wait_for(lambda r=running: sorted(r.node.live_members()) == ["n1", "n2", "n3"])  # type: ignore[misc]
-    yield out
+
+
+async def stop_members(out: Members) -> None:
     for running, http in out:
         await http.aclose()
         running.stop()
+
+
+@pytest.fixture
+async def members(nursery: trio.Nursery) -> AsyncIterator[Members]:
+    out: Members = []
+    try:
+        await start_members(nursery, out)
+        yield out
+    finally:
+        await stop_members(out)
+
+
+@pytest.fixture
+async def forgetful_members(nursery: trio.Nursery) -> AsyncIterator[Members]:
+    """As `members`, but a node down for half a second is removed from the cluster."""
+    out: Members = []
+    try:
+        await start_members(nursery, out, member_removal_timeout="0.5")
+        yield out
+    finally:
+        await stop_members(out)
 
 
 async def test_a_trace_is_assembled_from_every_node_then_partial_when_one_is_down(
@@ -185,3 +234,140 @@ async def test_a_trace_is_assembled_from_every_node_then_partial_when_one_is_dow
     unknown = await http1.get(f"{LIST}/{'cd' * 16}")
     assert unknown.status_code == 404
     assert [m["node"] for m in unknown.json()["missing"]] == ["n3"]
+
+
+async def listing(http: httpx.AsyncClient, **params: str) -> dict[str, Any]:
+    r = await http.get(LIST, params=params)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def test_the_list_is_cluster_wide_with_each_trace_once_under_its_root(members: Members) -> None:
+    (n1, http1), (_, http2), (n3, _) = members
+    assert (await http1.put("/kv/listed", json={"x": 1})).status_code == 200
+    trace_id = (await trace_of(http1, "PUT /kv"))["trace_id"]
+
+    async def whole() -> dict[str, Any] | None:  # n2's list, once every replica has ended its span
+        found = [t for t in (await listing(http2))["traces"] if t["trace_id"] == trace_id]
+        return found[0] if found and found[0]["nodes"] == ["n1", "n2", "n3"] else None
+    summary = await wait_http(whole)
+    assert summary["root_name"] == "PUT /kv/{key}" and summary["root_node"] == "n1"
+    spans = (await http1.get(f"{LIST}/{trace_id}")).json()["spans"]
+    assert summary["span_count"] == len(spans)
+    body = await listing(http2)
+    assert body["scope"] == "cluster" and body["node"] == "n2" and body["nodes"] == ["n2", "n1", "n3"]
+    assert body["partial"] is False and body["missing"] == []
+    assert [t["trace_id"] for t in body["traces"]].count(trace_id) == 1  # the replicas are no roots
+    # Filters see the whole trace: n2's list finds it by a span name of n1's alone.
+    assert trace_id in [t["trace_id"] for t in (await listing(http2, name="PUT /kv"))["traces"]]
+    # local=1: n2's own share, a replica without its root.
+    local = await listing(http2, local="1")
+    assert local["scope"] == "node" and local["nodes"] == ["n2"]
+    (share,) = [t for t in local["traces"] if t["trace_id"] == trace_id]
+    assert share["root_node"] is None and share["nodes"] == ["n2"] and share["root_name"] == "kv.put"
+
+    n3.stop()
+    mesh = n1.node.mesh
+    assert mesh is not None
+    await wait_for(lambda: "n3" not in mesh.up_peers())
+    partial = await listing(http1)
+    assert partial["partial"] is True and [m["node"] for m in partial["missing"]] == ["n3"]
+    assert partial["nodes"] == ["n1", "n2"]
+    (summary,) = [t for t in partial["traces"] if t["trace_id"] == trace_id]
+    assert summary["nodes"] == ["n1", "n2"] and summary["root_node"] == "n1"
+
+
+async def test_the_chat_pages_polling_is_left_out_of_the_list_unless_asked(members: Members) -> None:
+    (_, http1), (_, http2), _ = members
+    assert (await http2.get("/nodes", params={"detail": "1", "poll": "1"})).status_code == 200
+    assert (await http2.get("/nodes")).status_code == 200  # not marked: someone else's request
+
+    async def both() -> dict[str, Any] | None:
+        body = await listing(http1, name="GET /nodes", include_polling="1")
+        return body if len(body["traces"]) >= 2 else None
+    everything = await wait_http(both)
+    assert sorted(t["polling"] for t in everything["traces"]) == [False, True]
+    default = await listing(http1, name="GET /nodes")
+    assert [t["polling"] for t in default["traces"]] == [False]
+    assert default["hidden_polling"] == 1
+
+
+async def test_a_trace_whose_node_left_the_cluster_still_says_partial(forgetful_members: Members) -> None:
+    """n3 held the trace's root; once it is gone from the membership nobody asks it, but
+    the replicas' spans on n1 and n2 point at a parent that no node returned."""
+    (n1, http1), _, (_, http3) = forgetful_members
+    assert (await http3.put("/kv/orphaned", json=1)).status_code == 200
+    trace_id = (await trace_of(http3, "PUT /kv"))["trace_id"]
+    url = f"{LIST}/{trace_id}"
+
+    async def complete() -> dict[str, Any] | None:
+        body: dict[str, Any] = (await http1.get(url)).json()
+        return body if {s["node"] for s in body["spans"]} == {"n1", "n2", "n3"} else None
+    body = await wait_http(complete)
+    assert body["partial"] is False and body["orphans"] == []
+
+    forgetful_members[2][0].stop()
+    mesh = n1.node.mesh
+    assert mesh is not None
+    await wait_for(lambda: "n3" not in mesh.membership.placement_names())
+    r = await http1.get(url)
+    assert r.status_code == 200, r.text
+    gone = r.json()
+    assert gone["missing"] == [] and gone["nodes"] == ["n1", "n2"]  # n3 is no member: nobody to ask
+    assert gone["partial"] is True
+    assert {o["node"] for o in gone["orphans"]} == {"n1", "n2"}
+    assert all(o["name"] == "kv.put" for o in gone["orphans"])
+
+
+async def test_valkey_nodes_list_each_others_traces_over_http(nursery: trio.Nursery) -> None:
+    """The valkey engine asks peers over HTTP (`/debug/traces/api/traces/recent?local=1`)."""
+    from server.engine.valkey_process import ValkeyNotFound, start_valkey
+
+    try:
+        server = start_valkey()
+    except ValkeyNotFound as exc:
+        pytest.skip(str(exc))
+    nodes: list[RunningNode] = []
+    try:
+        common = {"engine": "valkey", "valkey_url": server.url, "valkey_prefix": "traces-list",
+                  "heartbeat_interval": "0.2", "failure_timeout": "1.0", "valkey_timeout": "0.5"}
+        for name in ("v1", "v2"):
+            nodes.append(await start_node(nursery, InMemorySpanExporter(), node_name=name, **common))
+        async with httpx.AsyncClient(timeout=10) as http:
+            async def peers_known() -> bool:
+                body = (await http.get(f"{nodes[0].url}/nodes")).json()
+                return sorted(body["nodes"]) == ["v1", "v2"]
+            await wait_http(peers_known)
+            assert (await http.put(f"{nodes[1].url}/kv/valkey-listed", json=1)).status_code == 200
+
+            async def listed() -> dict[str, Any] | None:
+                r = await http.get(f"{nodes[0].url}{LIST}", params={"name": "PUT"})
+                body: dict[str, Any] = r.json()
+                return body if body["traces"] else None
+            body = await wait_http(listed)
+            assert body["nodes"] == ["v1", "v2"] and body["partial"] is False
+            (put,) = body["traces"]
+            assert (put["root_node"], put["root_name"], put["nodes"][0]) == ("v2", "PUT /kv/{key}", "v2")
+
+            # A chat message delivered on v2 hangs under v1's spans: whole, no parent missing.
+            async with json_client(nodes[0], "alice") as alice, json_client(nodes[1], "bob") as bob:
+                assert (await alice.request("join", room="x"))["type"] == "ok"
+                assert (await bob.request("join", room="x"))["type"] == "ok"
+
+                async def bob_visible() -> bool:
+                    r = await http.get(f"{nodes[0].url}/rooms/x")
+                    return any(m["node"] == "v2" for m in r.json().get("members", []))
+                await wait_http(bob_visible)
+                trace_id = (await alice.request("chat", room="x", text="traced"))["trace_id"]
+                assert (await bob.push("message"))["text"] == "traced"
+
+                async def whole() -> dict[str, Any] | None:
+                    got: dict[str, Any] = (await http.get(f"{nodes[0].url}{LIST}/{trace_id}")).json()
+                    return got if {s["node"] for s in got.get("spans", [])} == {"v1", "v2"} else None
+                chat = await wait_http(whole)
+                assert chat["partial"] is False and chat["orphans"] == [] and chat["missing"] == []
+    finally:
+        for running in nodes:
+            running.stop()
+        server.close()

@@ -1,11 +1,16 @@
 // The chat page: one `webserver.v1` WebSocket, several rooms, presence, KV and cluster nodes.
-import { el, traceLink } from "/static/common.js";
+import { el, isHttpUrl, traceLink } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 const USER_KEY = "webserver.username";
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const REQUEST_TIMEOUT_MS = 10000;
+// `poll=1` marks the page's own background polling: the trace list leaves those traces out.
+const NODES_URL = "/nodes?detail=1&poll=1";
+// Offer the other nodes once this many connection attempts in a row have failed
+// (the first close, then one failed reconnect: the node is gone, not just a blip).
+const FAILOVER_AFTER_ATTEMPTS = 2;
 
 const state = {
   username: "",
@@ -18,6 +23,7 @@ const state = {
   pending: new Map(),     // ref -> {resolve, reject, timer}
   rooms: new Map(),       // room -> {messages: [], ids: Set, members: [{user, node}], unread}
   active: "",
+  members: [],            // the cluster's members at the last successful /nodes poll
 };
 
 // -- connection status ---------------------------------------------------------
@@ -58,6 +64,7 @@ function connect() {
 async function onOpen(ws) {
   if (ws !== state.ws) return;
   state.attempt = 0;
+  hideFailover();
   setStatus("connected", `connected as ${state.username}`);
   $("connect-button").disabled = true;
   $("disconnect-button").disabled = false;
@@ -86,6 +93,37 @@ function scheduleReconnect(why) {
   state.attempt += 1;
   setStatus("reconnecting", `reconnecting… in ${(delay / 1000).toFixed(1)} s (${why})`);
   state.retryTimer = setTimeout(connect, delay);
+  if (state.attempt >= FAILOVER_AFTER_ATTEMPTS) showFailover();
+}
+
+// -- moving to another node when this one is gone ---------------------------------
+
+/** This page on another node, signed in as the same user with the same rooms. */
+function chatUrlOn(httpUrl) {
+  const params = new URLSearchParams();
+  if (state.username) params.set("username", state.username);
+  if (state.rooms.size) params.set("rooms", [...state.rooms.keys()].join(","));
+  const query = params.toString();
+  return `${httpUrl.replace(/\/+$/, "")}/chat${query ? "?" + query : ""}`;
+}
+
+function showFailover() {
+  const others = state.members.filter((m) => !m.self && isHttpUrl(m.http_url || ""))
+    .sort((a, b) => (a.status === "up" ? 0 : 1) - (b.status === "up" ? 0 : 1) || a.name.localeCompare(b.name));
+  const box = $("failover");
+  box.replaceChildren(el("strong", {}, "This node is not answering. "),
+    others.length ? "Reconnecting here continues in the background, or continue on another node:"
+      : "No other node is known to this page; reconnecting continues in the background.",
+    others.length ? el("ul", { className: "failover-list" }, ...others.map((m) => el("li", {},
+      el("a", { href: chatUrlOn(m.http_url), className: "failover-link", dataset: { node: m.name } },
+        `Open the chat on ${m.name}`),
+      m.status === "up" ? "" : ` (${m.status} at the last check)`))) : null);
+  box.hidden = false;
+}
+
+function hideFailover() {
+  $("failover").hidden = true;
+  $("failover").replaceChildren();
 }
 
 function send(frame) {
@@ -336,10 +374,11 @@ async function onKv(ev) {
 
 async function pollNodes() {
   try {
-    const res = await fetch("/nodes?detail=1", { cache: "no-store" });
+    const res = await fetch(NODES_URL, { cache: "no-store" });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const body = await res.json();
     const members = Array.isArray(body.members) ? body.members : (body.nodes || []).map((n) => ({ name: n, status: "up" }));
+    state.members = members;
     const me = members.find((m) => m.self);
     if (me) {
       state.myNode = me.name;
@@ -348,7 +387,7 @@ async function pollNodes() {
     $("nodes-body").replaceChildren(...members.map((m) => el("tr", { dataset: { node: m.name, status: m.status } },
       el("td", {}, m.name, m.self ? " (this node)" : ""),
       el("td", {}, el("span", { className: `badge badge-${m.status === "up" ? "up" : "down"}` }, m.status)),
-      el("td", {}, m.http_url ? el("a", { href: `${m.http_url}/chat`, textContent: m.http_url }) : "–"))));
+      el("td", {}, isHttpUrl(m.http_url || "") ? el("a", { href: `${m.http_url}/chat`, textContent: m.http_url }) : "–"))));
     $("nodes-error").hidden = true;
   } catch (err) {
     $("nodes-error").hidden = false;
@@ -372,6 +411,7 @@ function stop() {
   state.wanted = false;
   clearTimeout(state.retryTimer);
   if (state.ws) state.ws.close(1000, "bye");
+  hideFailover();
   $("username").disabled = false;
   $("connect-button").disabled = false;
   $("disconnect-button").disabled = true;

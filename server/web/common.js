@@ -28,7 +28,7 @@ export function grafanaUrl() {
 }
 
 /** Only http(s) URLs may become link targets. */
-function isHttpUrl(value) {
+export function isHttpUrl(value) {
   try {
     const url = new URL(value);
     return url.protocol === "http:" || url.protocol === "https:";
@@ -49,19 +49,20 @@ export function traceHref(traceId) {
   return `${grafana}/explore?schemaVersion=1&orgId=1&left=${encodeURIComponent(JSON.stringify(left))}`;
 }
 
-/** An <a> to the trace, its text the shortened id (the full id in its title and accessible name). */
+/**
+ * An <a> to the trace, its text the shortened id (the full id in its title and accessible name).
+ * Always a new tab: following it in the chat's own tab would end the chat session.
+ */
 export function traceLink(traceId) {
   const a = document.createElement("a");
   a.className = "trace-link";
   a.href = traceHref(traceId);
   a.textContent = `trace ${traceId.slice(0, 8)}…`;
-  a.title = `trace ${traceId}`;
-  a.setAttribute("aria-label", `trace ${traceId}`);
+  a.title = `trace ${traceId} (opens in a new tab)`;
+  a.setAttribute("aria-label", `trace ${traceId} (opens in a new tab)`);
   a.dataset.traceId = traceId;
-  if (grafanaUrl()) {
-    a.target = "_blank";
-    a.rel = "noopener";
-  }
+  a.target = "_blank";
+  a.rel = "noopener";
   return a;
 }
 
@@ -79,8 +80,17 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
-/** A short, readable node name: `webserver@127.0.0.1:4001` stays as is; colour index is stable per name. */
-export function nodeColorIndex(name, names) {
-  const i = names.indexOf(name);
-  return i >= 0 ? i % 8 : 7;
+/**
+ * A node's colour, from a hash of its name alone: the same node has the same colour in
+ * every trace and on every node's viewer, whatever order nodes appear in. (Two nodes may
+ * come out alike; the legend and each span's details name the node.) Dark enough for
+ * 3:1 against white at any hue.
+ */
+export function nodeColor(name) {
+  let h = 0x811c9dc5;  // FNV-1a, then murmur3's finaliser: names a digit apart land far apart
+  for (const ch of String(name)) h = Math.imul(h ^ ch.codePointAt(0), 0x01000193);
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  h = (h ^ (h >>> 16)) >>> 0;
+  return `hsl(${h % 360} 70% ${(h >>> 9) % 2 ? 27 : 33}%)`;
 }

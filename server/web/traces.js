@@ -1,5 +1,5 @@
 // The trace viewer: recent traces (filters) and one trace as a waterfall (from #<trace_id>).
-import { el } from "/static/common.js";
+import { el, nodeColor } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
 const API = "/debug/traces/api/traces";
@@ -24,27 +24,50 @@ async function loadList() {
     const v = String(form.get(key) || "").trim();
     if (v) params.set(key, v);
   }
-  if (form.get("errors")) params.set("errors", "1");
+  for (const key of ["errors", "include_polling", "local"]) if (form.get(key)) params.set(key, "1");
   $("list-message").textContent = "loading…";
   try {
     const res = await fetch(`${API}?${params}`, { cache: "no-store" });
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    const body = await res.json();
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
     const traces = body.traces || [];
     $("traces-body").replaceChildren(...traces.map((t) => el("tr", { className: t.errors ? "has-error" : "" },
       el("td", {}, el("a", { href: `#${t.trace_id}`, textContent: t.root_name || "(missing root)",
-                              title: t.trace_id })),
+                              title: t.trace_id }),
+        t.root_node ? null : el("span", {
+          className: "badge badge-warn",
+          title: "no node returned this trace's root span: still running (a WebSocket connection's), "
+                 + "dropped from a node's buffer, or on a node that did not answer",
+        }, "root not found")),
       el("td", {}, fmtStart(t.start_unix_nano)),
       el("td", { className: "num" }, fmtMs(t.duration_ms)),
       el("td", { className: "num" }, String(t.span_count ?? "")),
-      el("td", {}, (t.nodes || []).join(", ")),
+      el("td", { className: "node" }, (t.nodes || []).join(", ")),
       el("td", { className: "num" }, t.errors ? el("span", { className: "badge badge-error" }, String(t.errors)) : "0"))));
-    $("list-message").textContent = traces.length
-      ? `${traces.length} trace(s) held by ${body.node || "this node"}, newest first`
-      : "no traces match";
+    renderScope(body);
+    const hidden = body.hidden_polling ? ` (${body.hidden_polling} polling trace(s) of the chat page left out)` : "";
+    $("list-message").textContent = (traces.length ? `${traces.length} trace(s), newest first` : "no traces match") + hidden;
   } catch (err) {
     $("list-message").textContent = `could not load traces: ${err.message}`;
   }
+}
+
+/** Whose traces the list shows: the whole cluster (partial when a node did not answer) or one node. */
+function renderScope(body) {
+  const scope = $("list-scope");
+  const nodes = body.nodes || [body.node];
+  if (body.scope === "node") {
+    scope.replaceChildren("This node only: ", el("span", { className: "node" }, body.node || ""));
+  } else {
+    scope.replaceChildren(`Whole cluster: ${nodes.length} node(s) answered`,
+      el("span", { className: "node" }, ` (${nodes.join(", ")})`));
+  }
+  const missing = body.missing || [];
+  if (body.partial) {
+    scope.append(el("br"), "Partial: ", missing.length ? missing.map((m) => `${m.node} did not answer (${m.reason})`).join("; ")
+      : "", (body.truncated || []).length ? ` ${body.truncated.join(", ")} left older traces out` : "");
+  }
+  scope.classList.toggle("partial", Boolean(body.partial));
 }
 
 // -- one trace -------------------------------------------------------------------
@@ -72,6 +95,8 @@ export function treeOrder(spans) {
     for (const c of (children.get(s.span_id) || []).sort((a, b) => start(a) - start(b))) visit(c, depth + 1);
   };
   for (const r of roots.sort((a, b) => start(a) - start(b))) visit(r, 0);
+  // Spans only reachable through a cycle of parent ids (a corrupt reply) are still drawn.
+  for (const s of spans) visit(s, 0);
   return out;
 }
 
@@ -98,46 +123,70 @@ async function loadTrace(traceId) {
     setStatus(`could not load trace: ${err.message}`, "error");
     return;
   }
-  renderTrace(body);
-  setStatus(`trace ${traceId}: ${body.spans.length} span(s) from ${body.nodes.length} node(s)`, "connected");
+  const shown = renderTrace(body);
+  // The counts are the waterfall's own (rows drawn, nodes they are on), so header and picture agree.
+  const counts = `${shown.spans} span(s) on ${shown.nodes} node(s)`;
+  $("trace-title").textContent = `Trace ${traceId}: ${counts}`;
+  if (body.partial) setStatus(`partial trace: ${counts}, some spans missing`, "warn");
+  else setStatus(`complete trace: ${counts}`, "connected");
   $("trace-title").focus();
 }
 
+/** The banner of a partial trace: who did not answer, who left spans out, spans whose parent is gone. */
+function partialBanner(body) {
+  const parts = [];
+  for (const m of body.missing || []) {
+    parts.push(el("li", {}, el("code", {}, m.node), " did not answer", m.reason ? ` (${m.reason})` : ""));
+  }
+  for (const n of body.truncated || []) parts.push(el("li", {}, el("code", {}, n), " left some spans out (too many)"));
+  const orphans = body.orphans || [];
+  if (orphans.length) {
+    const from = [...new Set(orphans.map((o) => o.from_node).filter(Boolean))];
+    parts.push(el("li", {}, `${orphans.length} span(s) point at parent spans no node returned`,
+      from.length ? ` (sent from ${from.join(", ")})` : "",
+      ": still running, dropped from a node's buffer, or on a node that left the cluster"));
+  }
+  return [el("strong", {}, "Partial trace: "), "spans are missing.", parts.length ? el("ul", {}, ...parts) : null];
+}
+
+/** Draws the trace; returns what it drew ({spans, nodes}) for the header. */
 function renderTrace(body) {
   const spans = body.spans || [];
-  const nodes = [...new Set([...(body.nodes || []), ...spans.map((s) => s.node)])].filter(Boolean);
-  const color = (node) => `node-color-${Math.max(0, nodes.indexOf(node)) % 8}`;
+  const ordered = treeOrder(spans);
+  const nodes = [...new Set(ordered.map(({ span }) => span.node).filter(Boolean))].sort();
+  const orphanIds = new Set((body.orphans || []).map((o) => o.span_id));
   if (body.partial) {
-    const missing = body.missing || [];
-    $("partial-banner").replaceChildren(el("strong", {}, "Partial trace: "),
-      missing.length ? "spans may be missing from " : "some spans may be missing.",
-      ...missing.map((m, i) => el("span", {}, i ? ", " : "", el("code", {}, m.node), m.reason ? ` (${m.reason})` : "")));
+    $("partial-banner").replaceChildren(...partialBanner(body).filter(Boolean));
     $("partial-banner").hidden = false;
   }
-  $("node-legend").replaceChildren(...nodes.map((n) => el("li", {},
-    el("span", { className: `swatch ${color(n)}`, attrs: { "aria-hidden": "true" } }), n)));
-  if (!spans.length) return;
+  $("node-legend").replaceChildren(...nodes.map((n) => el("li", { dataset: { node: n } },
+    el("span", { className: "swatch", attrs: { "aria-hidden": "true", style: `background:${nodeColor(n)}` } }), n)));
+  if (!ordered.length) return { spans: 0, nodes: 0 };
   const t0 = Math.min(...spans.map((s) => nanos(s.start_unix_nano)));
   const t1 = Math.max(...spans.map((s) => nanos(s.end_unix_nano ?? s.start_unix_nano) ));
   const total = Math.max(t1 - t0, 0.001);
-  const rows = treeOrder(spans).map(({ span, depth }) => {
+  const rows = ordered.map(({ span, depth }) => {
     const left = ((nanos(span.start_unix_nano) - t0) / total) * 100;
     const dur = typeof span.duration_ms === "number" ? span.duration_ms
       : nanos(span.end_unix_nano) - nanos(span.start_unix_nano);
     const width = Math.max((dur / total) * 100, 0.4);
     const isError = span.status && span.status.code === "ERROR";
+    const orphan = orphanIds.has(span.span_id);
     const button = el("button", {
-      type: "button", className: `span-row${isError ? " is-error" : ""}`,
+      type: "button", className: `span-row${isError ? " is-error" : ""}${orphan ? " orphan" : ""}`,
       dataset: { spanId: span.span_id, node: span.node || "" },
-      attrs: { "aria-label": `${span.name} on ${span.node}, ${fmtMs(dur)}${isError ? ", error" : ""}` },
+      attrs: { "aria-label": `${span.name} on ${span.node}, ${fmtMs(dur)}${isError ? ", error" : ""}`
+                             + `${orphan ? ", parent missing" : ""}` },
     },
     el("span", { className: "span-label", attrs: { style: `padding-left:${depth * 1}rem` } },
       el("span", { className: "span-name" }, span.name),
       isError ? el("span", { className: "badge badge-error" }, "ERROR") : null,
+      orphan ? el("span", { className: "badge badge-warn" }, "parent missing") : null,
       el("span", { className: "span-dur" }, fmtMs(dur))),
     el("span", { className: "span-track" },
-      el("span", { className: `span-bar ${color(span.node)}`,
-                   attrs: { style: `left:${Math.min(left, 99.6)}%;width:${Math.min(width, 100 - Math.min(left, 99.6))}%` } })));
+      el("span", { className: "span-bar",
+                   attrs: { style: `background:${nodeColor(span.node)};left:${Math.min(left, 99.6)}%;`
+                                   + `width:${Math.min(width, 100 - Math.min(left, 99.6))}%` } })));
     button.addEventListener("click", () => showSpan(span, button));
     return el("div", { attrs: { role: "listitem" } }, button);
   });
@@ -145,6 +194,7 @@ function renderTrace(body) {
     el("div", { className: "span-axis", attrs: { "aria-hidden": "true" } },
       el("span", {}, "0 ms"), el("span", {}, fmtMs(total))),
     ...rows);
+  return { spans: rows.length, nodes: nodes.length };
 }
 
 function showSpan(span, button) {

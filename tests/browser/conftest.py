@@ -1,7 +1,8 @@
 """Fixtures of the browser tests: Debian's chromium driven by Playwright (sync API, plain
 sync tests: Playwright's async API needs asyncio), and a real 3-node cluster of
 `python -m server` processes on loopback whose nodes can be stopped and restarted
-on the same ports."""
+on the same ports. The nodes keep their default names (`webserver@127.0.0.1:PORT`),
+as real ones do: the pages must fit those, not short test names."""
 
 from __future__ import annotations
 
@@ -34,12 +35,17 @@ STARTUP_TIMEOUT = 30.0
 class NodeProc:
     """One node with fixed ports, so that it can be restarted where it was."""
 
-    name: str
+    label: str  # n1, n2, n3: for messages only; the node's own name is `name`
     port: int
     cluster_port: int
     env: dict[str, str]
     log: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile(prefix="browser-node-"))
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        """The default node name (server/node.py default_node_name): no node_name is set."""
+        return f"webserver@127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -60,14 +66,15 @@ class NodeProc:
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, f"{self.name} exited:\n{self.output()}"
+            alive = self.proc is not None and self.proc.poll() is None
+            assert alive, f"{self.label} exited:\n{self.output()}"
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"{self.name} not serving within {timeout}s:\n{self.output()}")
+        raise AssertionError(f"{self.label} not serving within {timeout}s:\n{self.output()}")
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -78,7 +85,7 @@ class NodeProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout}s:\n{self.output()}") from None
+            raise AssertionError(f"{self.label} ignored SIGTERM for {timeout}s:\n{self.output()}") from None
 
 
 def live_nodes(url: str) -> list[str]:
@@ -113,7 +120,7 @@ def cluster() -> Iterator[list[NodeProc]]:
         env = process_env({
             **FAST_CLUSTER_TIMING,
             "WEBSERVER_BIND": f"127.0.0.1:{port}",
-            "WEBSERVER_NODE_NAME": name,
+            "WEBSERVER_NODE_NAME": None,
             "WEBSERVER_CLUSTER_BIND": f"127.0.0.1:{cport}",
             "WEBSERVER_CLUSTER_SECRET": secret,
             "WEBSERVER_PEERS": seed if i else None,
