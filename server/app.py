@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from server.errors import RequestError
 from server.http.pages import pages
@@ -54,6 +54,8 @@ def create_app(node: Node) -> QuartTrio:
                     413: f"request body over {node.settings.max_body_bytes} bytes"}
         code = exc.code or 500
         response = json_response({"error": messages.get(code, exc.description or exc.name)}, code)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
         if code == 413:
             # The rest of the body is never read: close rather than keep a
             # connection whose next request would start mid-body.

@@ -55,4 +55,30 @@ def setup_logging(level: str, *, telemetry_config: str | Path | None = None, nod
     handler = make_stream_handler(fmt or "text", stream)
     handler._webserver_handler = True  # type: ignore[attr-defined]
     root.addHandler(handler)
+    hypercorn = logging.getLogger("hypercorn.error")
+    for old_filter in [f for f in hypercorn.filters if isinstance(f, _DropDuplicateHandlers)]:
+        hypercorn.removeFilter(old_filter)
+    hypercorn.addFilter(_DropDuplicateHandlers(handler))
     return handler
+
+
+class _DropDuplicateHandlers(logging.Filter):
+    """Hypercorn's CLI gives `hypercorn.error` a stderr handler of its own (when it
+    first logs, after the app is loaded) and lets records propagate to the root, so
+    every line ("Running on ...") would be written twice, once without our format.
+    Run as a logger filter, before any handler: a plain stream handler on that logger
+    writing where ours does is removed, and the record goes through ours alone. A
+    handler elsewhere (`--error-logfile FILE`) is left alone."""
+
+    def __init__(self, ours: logging.Handler) -> None:
+        super().__init__()
+        self.ours = ours
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger = logging.getLogger(record.name)
+        stream = getattr(self.ours, "stream", None)
+        if logger.handlers and logger.propagate and self.ours in logging.getLogger().handlers:
+            for h in list(logger.handlers):
+                if type(h) is logging.StreamHandler and h.stream is stream:
+                    logger.removeHandler(h)
+        return True

@@ -96,6 +96,11 @@ class Node:
             raise AttributeError(f"the {self.engine.kind} engine keeps no local store")
         return store
 
+    def set_http_url(self, url: str) -> None:
+        """This node's URL, learnt after it started (the Hypercorn CLI: the first request)."""
+        self.http_url = url
+        self.engine.advertise(url)
+
     def live_members(self) -> list[str]:
         """This node first, then every other node it sees alive."""
         return self.engine.live_members()

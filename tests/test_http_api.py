@@ -75,12 +75,29 @@ async def test_unknown_path_and_method(http: httpx.AsyncClient) -> None:
     assert r.status_code == 405 and "DELETE" in r.json()["error"]
 
 
+async def test_405_lists_the_allowed_methods_in_allow(http: httpx.AsyncClient) -> None:
+    for method, path, allowed in [("DELETE", "/nodes", "GET, HEAD, OPTIONS"),
+                                  ("POST", "/kv/k", "DELETE, GET, HEAD, OPTIONS, PUT"),
+                                  ("GET", "/kv", "OPTIONS, POST")]:
+        r = await http.request(method, path)
+        assert r.status_code == 405, (method, path, r.text)
+        assert r.headers["allow"] == allowed, (method, path)
+        assert r.json() == {"error": f"method {method} not allowed here"}
+
+
 async def test_rooms_routes(http: httpx.AsyncClient) -> None:
     assert (await http.get("/rooms")).json() == {"rooms": []}
     r = await http.get("/rooms/lobby")
-    assert r.status_code == 404 and "lobby" in r.json()["error"]
+    assert r.status_code == 404 and r.json() == {"error": "no room 'lobby'"}
     r = await http.get("/rooms/bad%20name")
     assert r.status_code == 400 and "room" in r.json()["error"]
+
+
+async def test_the_default_room_exists_on_a_fresh_node(http: httpx.AsyncClient) -> None:
+    # Every plain-protocol client is in `default`: it is there before anyone joined.
+    r = await http.get("/rooms/default")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"room": "default", "members": [], "history": []}
 
 
 # -- bad input: right status, a message naming the problem, no state changed ----

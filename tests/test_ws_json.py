@@ -192,3 +192,63 @@ async def test_websocket_on_another_path_is_404(node: RunningNode) -> None:
         async with open_websocket_url(node.url.replace("http", "ws") + "/nope"):
             pass
     assert info.value.status_code == 404
+
+
+# -- issue 11: refs on refused frames, documented reply shapes, blank chat ----------
+
+@pytest.mark.parametrize(("frame", "ref", "code"), [
+    ('{"ref": 7}', 7, "bad_request"),
+    ('{"ref": "no-type", "room": "x"}', "no-type", "bad_request"),
+    ('{"type": 5, "ref": 1.5}', 1.5, "bad_request"),
+    ('{"type": "dance", "ref": "d"}', "d", "unknown_type"),
+])
+async def test_a_frame_refused_before_its_handler_still_echoes_its_ref(
+        node: RunningNode, frame: str, ref: object, code: str) -> None:
+    async with json_client(node) as c:
+        await c.ws.send_message(frame)
+        error = await c.next_frame()
+        assert error["type"] == "error" and error["code"] == code, error
+        assert error["ref"] == ref, error
+        assert "op" not in error  # no known operation to name
+
+
+@pytest.mark.parametrize("frame", ['{"ref": {"a": 1}}', '{"type": "ping", "ref": NaN}'])
+async def test_an_invalid_ref_is_not_echoed(node: RunningNode, frame: str) -> None:
+    async with json_client(node) as c:
+        await c.ws.send_message(frame)
+        error = await c.next_frame()
+        assert error["code"] == "bad_request" and "ref" in error["message"] and "ref" not in error
+
+
+_META = {"type", "op", "ref", "trace_id"}
+
+
+async def test_kv_replies_have_exactly_the_documented_fields(node: RunningNode) -> None:
+    # docs/protocols.md, JSON (`webserver.v1`): kv.get -> key, found, value (null when
+    # absent), from_node, version; kv.delete -> key, deleted.
+    async with json_client(node) as c:
+        missing = await c.request("kv.get", key="k")
+        assert set(missing) - _META == {"key", "found", "value", "from_node", "version"}, missing
+        assert (missing["op"], missing["key"], missing["found"], missing["value"], missing["version"]) == \
+            ("kv.get", "k", False, None, None)
+        assert missing["from_node"] == node.node.name
+        await c.request("kv.put", key="k", value=1)
+        found = await c.request("kv.get", key="k")
+        assert set(found) - _META == {"key", "found", "value", "from_node", "version"}, found
+        for key in ("k", "never-there"):
+            deleted = await c.request("kv.delete", key=key)
+            assert set(deleted) - _META == {"key", "deleted"}, deleted
+            assert (deleted["op"], deleted["key"], deleted["deleted"]) == ("kv.delete", key, key == "k")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+async def test_blank_chat_text_is_an_error_reply(node: RunningNode, text: str) -> None:
+    async with json_client(node, "alice") as alice, json_client(node, "bob") as bob:
+        await alice.request("join", room="r")
+        await bob.request("join", room="r")
+        reply = await alice.request("chat", room="r", text=text)
+        assert reply["type"] == "error" and reply["op"] == "chat" and reply["code"] == "bad_request"
+        assert reply["message"] == "text: can't be blank"
+        await alice.request("chat", room="r", text="after")
+        assert (await bob.push("message"))["text"] == "after"  # the blank one never went out
+    assert [m.text for m in node.node.hub.history("r")] == ["after"]

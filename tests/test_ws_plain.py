@@ -119,3 +119,16 @@ async def test_history_longer_than_the_outbound_queue_still_arrives(
     async with open_websocket_url(ws_url(node, "username=late")) as late:
         assert [(await _get(late))["text"] for _ in range(20)] == [f"m{i}" for i in range(20)]
     node.stop()
+
+
+@pytest.mark.parametrize("text", ["", "  \n"])
+async def test_blank_text_is_refused_with_an_error_frame_and_not_broadcast(
+        node: RunningNode, text: str) -> None:
+    # As for any bad text (e.g. over the limit): the sender is told, the connection stays.
+    async with open_websocket_url(ws_url(node, "username=alice")) as alice, \
+            open_websocket_url(ws_url(node, "username=bob")) as bob:
+        await alice.send_message(text)
+        assert await _get(alice) == {"error": "text: can't be blank"}
+        await alice.send_message("after")
+        assert (await _get(bob))["text"] == "after"  # the first frame bob gets: no blank one
+    assert [m.text for m in node.node.hub.history("default")] == ["after"]

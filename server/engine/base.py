@@ -121,6 +121,11 @@ class Engine(Protocol):
         """Every member with status, addresses and last-seen time (self first)."""
         ...
 
+    def advertise(self, http_url: str) -> None:
+        """Tell other nodes this node's URL is http_url from now on (learnt late, e.g.
+        under the Hypercorn CLI)."""
+        ...
+
     def trace_peers(self) -> list[str]:
         """Other nodes to ask for a trace's spans (GET /debug/traces)."""
         ...

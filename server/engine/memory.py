@@ -37,6 +37,9 @@ class MemoryEngine:
         return [{"name": self.name, "status": "up", "self": True, "http_url": self.http_url,
                  "last_seen": time.time()}]
 
+    def advertise(self, http_url: str) -> None:
+        self.http_url = http_url
+
     def trace_peers(self) -> list[str]:
         return []
 

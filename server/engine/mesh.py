@@ -54,6 +54,9 @@ class MeshEngine:
     def describe_members(self) -> list[dict[str, object]]:
         return self.mesh.describe()
 
+    def advertise(self, http_url: str) -> None:
+        self.mesh.http_url = self.mesh.membership.self_url = http_url  # the next heartbeat says so
+
     def trace_peers(self) -> list[str]:
         # Every member, down ones too: a partial trace names who did not answer.
         return [n for n in self.mesh.membership.placement_names() if n != self.name]

@@ -30,6 +30,29 @@ _MEMBER = {"type": "object", "properties": {"user": {"type": "string"}, "node": 
 _NOT_FOUND = _json(_ERROR, "Not found: `{\"error\": \"not found\"}`")
 _BAD = _json(_ERROR, "Invalid input; the message names the problem")
 _TOO_LARGE = _json(_ERROR, "Body or value over its size limit")
+_UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
+_STORE_FULL = {"$ref": "#/components/responses/StoreFull"}
+_ROOM_NOT_FOUND = _json(_ERROR, (
+    "No member of the room on any reachable node and no history of it here, e.g. "
+    "`{\"error\": \"no room 'lobby'\"}`. `default`, the plain protocol's room, always answers 200"))
+
+_COMPONENTS = {"responses": {
+    "MethodNotAllowed": {
+        "description": ("A path this API serves, asked with a method it does not serve (every path: "
+                        "the methods it lists here, plus HEAD with GET, and OPTIONS)"),
+        "headers": {"Allow": {"description": "The methods the path serves, e.g. `GET, HEAD, OPTIONS`",
+                              "schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": _ERROR, "example": {
+            "error": "method DELETE not allowed here"}}}},
+    "Unavailable": _json(_ERROR, (
+        "The key's quorum was not reached within cluster_request_timeout (the message says how many "
+        "replicas answered; a write may still reach some of them), or the valkey engine's server "
+        "did not answer")),
+    "StoreFull": _json(_ERROR, (
+        "A replica of the key holds its limit of keys (max_keys; tombstones count, and in a cluster a "
+        "delete writes one on every replica) or the valkey server is out of memory; e.g. "
+        "`{\"error\": \"the store holds its limit of 100000 keys\"}`")),
+}}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -37,7 +60,10 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "webserver", "version": "0.1.0", "description": (
             "HTTP API of a webserver node. WebSocket chat is at `GET /ws` (see that path). "
-            "Unknown paths answer 404 `{\"error\": \"not found\"}`; wrong methods 405.")},
+            "Unknown paths answer 404 `{\"error\": \"not found\"}`. A path below asked with a method "
+            "it does not list answers 405 with an `Allow` header, for every path alike: "
+            "`#/components/responses/MethodNotAllowed`.")},
+        "components": _COMPONENTS,
         "paths": {
             "/": {"get": {"summary": "Liveness greeting", "responses": {"200": {
                 "description": "`Hello World`", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -113,6 +139,7 @@ def openapi_document() -> dict[str, Any]:
                     "400": _json(_FIELD_ERRORS,
                                  "Field errors, e.g. `{\"errors\": {\"key\": [\"can't be blank\"]}}`"),
                     "413": _json(_FIELD_ERRORS, "Body or value too large"),
+                    "503": _UNAVAILABLE, "507": _STORE_FULL,
                 }}},
             "/kv/{key}": {
                 "parameters": [_KEY_PARAM],
@@ -120,7 +147,7 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json({"type": "object", "properties": {
                         "value": {"description": "any JSON value"}, "from_node": {"type": "string"},
                         "version": _VERSION}}, "The value and the node that served it"),
-                    "400": _BAD, "404": _NOT_FOUND}},
+                    "400": _BAD, "404": _NOT_FOUND, "503": _UNAVAILABLE}},
                 "put": {"summary": "Store any JSON value (the body is the value itself)",
                         "requestBody": {"required": True, "content": {"application/json": {
                             "schema": {"description": "any JSON value, at most 65536 bytes encoded"}}}},
@@ -128,24 +155,35 @@ def openapi_document() -> dict[str, Any]:
                             "200": _json({"type": "object", "properties": {
                                 "status": {"type": "string"}, "node": {"type": "string"},
                                 "version": _VERSION}}, "Stored"),
-                            "400": _BAD, "413": _TOO_LARGE}},
+                            "400": _BAD, "413": _TOO_LARGE, "503": _UNAVAILABLE,
+                            "507": _STORE_FULL}},
                 "delete": {"summary": "Delete a key (a tombstone)", "responses": {
                     "200": _json({"type": "object", "properties": {
                         "status": {"type": "string"}, "node": {"type": "string"},
                         "deleted": {"type": "boolean"}}}, "Deleted"),
-                    "400": _BAD, "404": _NOT_FOUND}},
+                    "400": _BAD,
+                    "404": _json(_ERROR, (
+                        "No replica that answered had a live value: `{\"error\": \"not found\"}`")),
+                    "503": _UNAVAILABLE,
+                    "507": _STORE_FULL}},
             },
-            "/rooms": {"get": {"summary": "Chat rooms on this node", "responses": {"200": _json({
-                "type": "object", "properties": {"rooms": {"type": "array", "items": {
-                    "type": "object", "properties": {"room": {"type": "string"},
-                                                     "members": {"type": "integer"},
-                                                     "messages": {"type": "integer"}}}}}}, "Rooms")}}},
+            "/rooms": {"get": {
+                "summary": "Chat rooms of the whole cluster, with member counts",
+                "description": ("Rooms with members on any reachable node, and rooms whose history this "
+                                "node holds. `members`: members on every reachable node; `messages`: the "
+                                "history this node holds"),
+                "responses": {"200": _json({
+                    "type": "object", "properties": {"rooms": {"type": "array", "items": {
+                        "type": "object", "properties": {"room": {"type": "string"},
+                                                         "members": {"type": "integer"},
+                                                         "messages": {"type": "integer"}}}}}},
+                    "Rooms")}}},
             "/rooms/{room}": {"parameters": [_ROOM_PARAM], "get": {
                 "summary": "A room's members and recent history (oldest first)", "responses": {
                     "200": _json({"type": "object", "properties": {
                         "room": {"type": "string"}, "members": {"type": "array", "items": _MEMBER},
                         "history": {"type": "array", "items": _MESSAGE}}}, "The room"),
-                    "400": _BAD, "404": _NOT_FOUND}}},
+                    "400": _BAD, "404": _ROOM_NOT_FOUND}}},
             "/api/openapi": {"get": {"summary": "This document", "responses": {
                 "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
             "/ws": {"get": {
@@ -170,14 +208,19 @@ def openapi_document() -> dict[str, Any]:
                 "description": "`/debug/traces#<trace_id>` opens that trace directly.",
                 "responses": {"200": {"description": "An HTML page",
                                       "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/favicon.ico": {"get": {
+                "summary": "The pages' icon (what browsers ask for by default; also /static/favicon.svg)",
+                "responses": {"200": {"description": "An SVG image",
+                                      "content": {"image/svg+xml": {"schema": {"type": "string"}}}}}}},
             "/static/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
                                 "description": "a file of server/web (`chat.js`); no `..`, no leading `/`"}],
                 "get": {
-                    "summary": "A file of the pages (HTML, JavaScript module or CSS from server/web)",
+                    "summary": "A file of the pages (HTML, JavaScript module, CSS or SVG from server/web)",
                     "responses": {"200": {"description": "The file, with `Cache-Control: no-cache`",
                                           "content": {"text/javascript": {"schema": {"type": "string"}},
                                                       "text/css": {"schema": {"type": "string"}},
+                                                      "image/svg+xml": {"schema": {"type": "string"}},
                                                       "text/html": {"schema": {"type": "string"}}}},
                                   "404": _NOT_FOUND}}},
         },

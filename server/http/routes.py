@@ -10,6 +10,7 @@ from quart import Blueprint, Response, current_app, request
 
 from server.errors import InvalidInput, NotFound, RequestError, TooLarge
 from server.http.openapi import openapi_document
+from server.http.ws import DEFAULT_ROOM
 from server.validation import check_key, check_room, check_value_size
 
 if TYPE_CHECKING:
@@ -155,11 +156,14 @@ async def rooms() -> Response:
 
 @api.get("/rooms/<room>")
 async def room(room: str) -> Response:
+    """A room with members on some reachable node or history here; `default`, the
+    plain protocol's room that every plain client is in, always answers (empty on a
+    fresh node)."""
     hub = node().hub
     name = check_room(room)
     await hub.sync_history(name)
     members = hub.members(name)
-    if hub.rooms.get(name) is None and not members:
+    if name != DEFAULT_ROOM and hub.rooms.get(name) is None and not members:
         raise NotFound(f"no room {room!r}")
     return json_response({"room": name, "members": members,
                           "history": [m.to_json() for m in hub.history(name)]})

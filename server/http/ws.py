@@ -32,8 +32,8 @@ from server.chat.connection import (
 )
 from server.chat.hub import Hub, encode
 from server.errors import RequestError
-from server.http.ws_protocol import JsonSession, error_frame, parse_request
-from server.validation import check_text, check_username
+from server.http.ws_protocol import FrameRefused, JsonSession, check_chat_text, error_frame, parse_request
+from server.validation import check_username
 from tracing import spans as S
 from tracing.websocket import ConnectionSpans, request_refused
 
@@ -176,7 +176,8 @@ class WebSocketSession:
         self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: "text"})
         with self.spans.message("text", size) as span:
             try:
-                check_text(text, self.node.settings.max_chat_text_bytes)
+                # Refused like any bad text: the sender is told, nothing is broadcast.
+                check_chat_text(text, self.node.settings.max_chat_text_bytes)
                 await self.hub.publish(self.conn, DEFAULT_ROOM, text)
             except RequestError as exc:
                 request_refused(span, exc.code, exc.describe())
@@ -185,11 +186,12 @@ class WebSocketSession:
     async def _json(self, text: str, size: int) -> None:
         try:
             kind, request = parse_request(text)
-        except RequestError as exc:
+        except FrameRefused as refused:
+            exc = refused.error
             self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: "invalid"})
             with self.spans.message("invalid", size) as span:
                 request_refused(span, exc.code, exc.describe())
-                await self.conn.send_reply(error_frame(exc, None, None))
+                await self.conn.send_reply(error_frame(exc, None, refused.ref))
             return
         self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: kind})
         with self.spans.message(kind, size) as span:

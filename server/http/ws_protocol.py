@@ -10,6 +10,7 @@ Pushes: `message`, `presence`, `error`; several queued frames may arrive in one
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,24 +37,44 @@ def _op(name: str) -> Callable[[Handler], Handler]:
 OPS = ("join", "leave", "chat", "kv.get", "kv.put", "kv.delete", "ping")
 
 
+class FrameRefused(Exception):
+    """A frame refused before any handler ran: the error, and the request's `ref` when it
+    had a valid one (the error frame echoes it, as any reply does)."""
+
+    def __init__(self, error: RequestError, ref: Any = None) -> None:
+        super().__init__(error.describe())
+        self.error = error
+        self.ref = ref
+
+
 def parse_request(text: str) -> tuple[str, dict[str, Any]]:
-    """Decode a frame into (type, request); raises InvalidInput naming the problem."""
+    """Decode a frame into (type, request); raises FrameRefused naming the problem."""
     try:
         request = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BadJson(f"malformed JSON: {exc.msg} at position {exc.pos}") from None
+        raise FrameRefused(BadJson(f"malformed JSON: {exc.msg} at position {exc.pos}")) from None
     if not isinstance(request, dict):
-        raise InvalidInput("a request must be a JSON object")
+        raise FrameRefused(InvalidInput("a request must be a JSON object"))
     ref = request.get("ref")
-    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, float))):
-        raise InvalidInput("ref must be a string or a number", field="ref")
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int, float))
+                            or (isinstance(ref, float) and not math.isfinite(ref))):
+        raise FrameRefused(InvalidInput("ref must be a string or a number", field="ref"))
     kind = request.get("type")
     if not isinstance(kind, str):
-        raise InvalidInput("type is required and must be a string", field="type")
+        raise FrameRefused(InvalidInput("type is required and must be a string", field="type"), ref)
     if kind not in _HANDLERS:
-        raise UnknownType(f"unknown message type {kind[:64]!r}; expected one of {', '.join(OPS)}",
-                          field="type")
+        raise FrameRefused(UnknownType(
+            f"unknown message type {kind[:64]!r}; expected one of {', '.join(OPS)}", field="type"), ref)
     return kind, request
+
+
+def check_chat_text(text: Any, limit: int) -> str:
+    """Chat text of either protocol: a string, not blank (empty or only whitespace),
+    at most `limit` bytes."""
+    checked = check_text(text, limit)
+    if not checked.strip():
+        raise InvalidInput("can't be blank", field="text")
+    return checked
 
 
 class UnknownType(InvalidInput):
@@ -98,7 +119,7 @@ class JsonSession:
 async def _entry_json(kv: KVStore, key: str) -> dict[str, Any]:
     read = await kv.get(key)
     if read.entry is None:
-        return {"key": key, "found": False, "value": None}
+        return {"key": key, "found": False, "value": None, "from_node": read.from_node, "version": None}
     return {"key": key, "found": True, "value": read.entry.value, "from_node": read.from_node,
             "version": read.entry.version.to_json()}
 
@@ -128,7 +149,7 @@ async def _leave(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
 @_op("chat")
 async def _chat(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
     name = check_room(r.get("room"))
-    text = check_text(r.get("text"), s.settings.max_chat_text_bytes)
+    text = check_chat_text(r.get("text"), s.settings.max_chat_text_bytes)
     message = await s.hub.publish(s.conn, name, text)
     return {"room": name, "id": message.id, "timestamp": message.timestamp}
 
@@ -151,4 +172,4 @@ async def _kv_put(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
 @_op("kv.delete")
 async def _kv_delete(s: JsonSession, r: dict[str, Any]) -> dict[str, Any]:
     key = check_key(r.get("key"))
-    return {"key": key, "deleted": await s.kv.delete(key), "node": s.kv.node_name}
+    return {"key": key, "deleted": await s.kv.delete(key)}

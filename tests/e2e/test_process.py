@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from tests.e2e.processes import (
     NODE_COMMAND,
     ServerProcess,
     enter_on_free_port,
+    free_port,
     node_process,
     process_env,
     running_process,
@@ -100,14 +101,54 @@ async def test_sigterm_closes_websockets_with_1001_and_exits_0() -> None:
 
 
 @asynccontextmanager
-async def hypercorn_process(port: int, name: str) -> AsyncIterator[ServerProcess]:
-    """The documented deployment: Hypercorn's CLI serving server.asgi:app, ready to answer."""
-    command = [sys.executable, "-m", "hypercorn", "-k", "trio", "--bind", f"127.0.0.1:{port}",
-               "server.asgi:app"]
+async def hypercorn_process(port: int, name: str | None,
+                            more_binds: Sequence[str] = ()) -> AsyncIterator[ServerProcess]:
+    """The documented deployment: Hypercorn's CLI serving server.asgi:app, ready to answer
+    (on `port`: its first request). name=None leaves WEBSERVER_NODE_NAME unset."""
+    binds = [f"127.0.0.1:{port}", *more_binds]
+    command = [sys.executable, "-m", "hypercorn", "-k", "trio",
+               *(arg for bind in binds for arg in ("--bind", bind)), "server.asgi:app"]
     env = process_env({"WEBSERVER_NODE_NAME": name, "WEBSERVER_BIND": None})
     async with running_process(command, env) as proc:
         await proc.wait_http_ready(f"http://127.0.0.1:{port}")
         yield proc
+
+
+async def _self_member(url: str) -> tuple[list[str], dict[str, object]]:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        body = (await http.get("/nodes", params={"detail": "1"})).json()
+    return body["nodes"], body["members"][0]
+
+
+async def test_hypercorn_cli_without_node_name_is_named_after_the_socket_it_serves() -> None:
+    async with AsyncExitStack() as stack:
+        # No WEBSERVER_NODE_NAME and no WEBSERVER_BIND: settings.bind says 127.0.0.1:4000.
+        port, proc = await enter_on_free_port(stack, lambda port: hypercorn_process(port, None))
+        url = f"http://127.0.0.1:{port}"
+        nodes, me = await _self_member(url)
+        assert nodes == [f"webserver@127.0.0.1:{port}"], proc.describe()
+        assert me["http_url"] == url, me
+        stderr = proc.stderr()
+        assert "cannot tell which socket" not in stderr, stderr
+        # Once, in our format: not again through Hypercorn's own stderr handler.
+        assert stderr.count(f"Running on {url}") == 1, stderr
+        assert "INFO hypercorn.error: Running on" in stderr, stderr
+        await proc.terminate(EXIT_DEADLINE)
+
+
+async def test_hypercorn_cli_with_two_binds_warns_and_advertises_the_first_requests_address() -> None:
+    async with AsyncExitStack() as stack:
+        other = free_port()
+        port, proc = await enter_on_free_port(
+            stack, lambda port: hypercorn_process(port, None, [f"127.0.0.1:{other}"]))
+        stderr = proc.stderr()
+        assert "WARNING server.asgi: cannot tell which socket Hypercorn serves" in stderr, stderr
+        assert "set WEBSERVER_NODE_NAME" in stderr, stderr
+        # The readiness probe was the first request, on `port`: that is the address advertised.
+        nodes, me = await _self_member(f"http://127.0.0.1:{other}")
+        assert me["http_url"] == f"http://127.0.0.1:{port}", me
+        assert nodes == ["webserver@127.0.0.1:4000"], nodes  # named after settings.bind, as warned
+        await proc.terminate(EXIT_DEADLINE)
 
 
 async def test_hypercorn_cli_deployment() -> None:

@@ -61,6 +61,9 @@ class ValkeyEngine:
         up = len(self.table.up_names()) + 1
         return {(("status", "up"),): up, (("status", "down"),): len(self.table.nodes) + 1 - up}
 
+    def advertise(self, http_url: str) -> None:
+        self.http_url = self.table.self_url = http_url  # the next heartbeat writes it
+
     # -- traces from other nodes: asked over HTTP (nodes share no link) -----------------
     def trace_peers(self) -> list[str]:
         return [n for n, r in sorted(self.table.nodes.items()) if r.http_url]
