@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run cluster test lint bench install lock clean
 
-$(STAMP): pyproject.toml requirements.lock
+# Pins: requirements.lock is what `pip install .[valkey]` needs at run time (the Docker image
+# installs only that); requirements-dev.lock adds everything for test, lint and bench.
+LOCKS := requirements.lock requirements-dev.lock
+$(STAMP): pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev,valkey]'
+	$(PY) -m pip install -q $(addprefix -c ,$(LOCKS)) -e '.[dev,valkey]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,9 +38,21 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# Re-pin after changing dependencies in pyproject.toml.
-lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
+# Re-pin after changing dependencies in pyproject.toml: both locks are written from a throwaway
+# venv (the runtime set, then the dev set on top of the runtime pins), keeping today's pins
+# (LOCK_PINS) and taking the newest allowed version of anything new: run twice, same files.
+# `make lock LOCK_PINS=` re-resolves everything to the newest versions pyproject.toml allows.
+LOCK_VENV := build/lock-venv
+LOCK_PINS ?= -c requirements-dev.lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q $(LOCK_PINS) '.[valkey]'
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude webserver > requirements.lock.new
+	$(LOCK_VENV)/bin/python -m pip install -q $(LOCK_PINS) -c requirements.lock.new '.[dev,valkey]'
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude webserver > requirements-dev.lock
+	mv requirements.lock.new requirements.lock
+	rm -rf build  # the lock venv and the in-tree build of the project
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output

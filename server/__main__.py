@@ -55,6 +55,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# A wildcard bind is served on every interface; people open it on loopback.
+_BROWSABLE_HOSTS = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
+
+
+def startup_urls(url: str) -> str:
+    """The lines after the listening line: where people point a client or a browser."""
+    scheme, _, address = url.partition("://")
+    host, _, port = address.rpartition(":")
+    base = f"{scheme}://{_BROWSABLE_HOSTS.get(host, host)}:{port}"
+    return "\n".join([f"  API:           {base}/  (OpenAPI document: {base}/api/openapi)",
+                      f"  chat:          {base}/chat",
+                      f"  trace viewer:  {base}/debug/traces"])
+
+
 async def run(settings: Settings) -> None:
     log = logging.getLogger("server")
     # Signals are caught from the start so an early SIGTERM still exits cleanly.
@@ -70,7 +84,9 @@ async def run(settings: Settings) -> None:
                 running = await nursery.start(partial(serve_node, settings, make_telemetry))
                 tune_gc(settings.gc_thresholds)
                 log.info("node %s serving on %s", running.node.name, running.url)
+                # The first line is parsed (tests, the local-cluster supervisor): keep it as it is.
                 print(f"webserver node {running.node.name} listening on {running.url}", flush=True)
+                print(startup_urls(running.url), flush=True)
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)
                     running.stop()

@@ -13,6 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,20 @@ from server.engine.valkey.url import parse_url
 from server.errors import ConfigError
 from server.runtime import parse_gc_thresholds
 
+# The source checkout (tests read conf/ through it); an installed node never looks here.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "conf" / "webserver.toml"
+
+
+def packaged_default(name: str) -> Path:
+    """A default configuration file the package carries (server/defaults/NAME, package
+    data): in a checkout a link to conf/NAME, the file people edit; in a wheel a copy."""
+    resource = resources.files("server") / "defaults" / name
+    # A package installed as files (a wheel, a checkout) gives a pathlib.Path: the loaders
+    # open it by path, like a --config FILE, and messages name it.
+    return Path(str(resource))
+
+
+DEFAULT_CONFIG = packaged_default("webserver.toml")
 ENV_PREFIX = "WEBSERVER_"
 # Names of variables that steer loading rather than being settings themselves.
 CONFIG_ENV = "WEBSERVER_CONFIG"
@@ -63,7 +76,7 @@ class Settings:
     shutdown_timeout: float = 5.0
     # Python GC thresholds "gen0,gen1,gen2" ("" keeps Python's); see server/runtime.py.
     gc_thresholds: str = "200000,100,1000"
-    telemetry_config: str = str(PROJECT_ROOT / "conf" / "opentelemetry.toml")
+    telemetry_config: str = str(packaged_default("opentelemetry.toml"))
     log_level: str = "INFO"
     # Recent finished spans kept in memory for /debug/traces (~1.3 KB each); 0 = no buffer.
     trace_buffer_spans: int = 1000

@@ -215,7 +215,7 @@ def test_dockerfile_essentials() -> None:
     text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert text.startswith("FROM python:3.11-slim")
     assert "pip install -r requirements.lock" in text
-    # Run from the source tree: settings look for conf/ beside the packages.
+    # The project is installed (its defaults are package data); conf/ stays for --config or a mount.
     assert "COPY conf ./conf" in text and "COPY server ./server" in text
     assert "EXPOSE 4000" in text
     assert 'CMD ["python", "-m", "server"]' in text
