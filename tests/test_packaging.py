@@ -137,10 +137,10 @@ def test_coredis_stays_an_optional_extra() -> None:
     assert not set(RUNTIME) & DEV_ONLY
 
 
-def test_the_sdk_line_used_through_internals_is_capped_and_installed() -> None:
+def test_the_sdk_used_through_internals_is_pinned_to_the_tested_version() -> None:
     for name in CAPPED:
         req = RUNTIME[name]
-        assert any(spec.operator == "<" for spec in req.specifier), f"{name}: no ceiling in {req}"
+        assert [spec.operator for spec in req.specifier] == ["=="], f"{name}: not one version: {req}"
         installed = Version(metadata.version(name))
         assert req.specifier.contains(installed, prereleases=True), f"{name} {installed} outside {req}"
 
