@@ -52,7 +52,6 @@ from bench.procs import (
     Child,
     Cores,
     choose_cores,
-    free_port,
     node_env,
     pin_self,
     pinned,
@@ -69,6 +68,8 @@ from bench.ws_client import (
     open_many,
     parse_frames,
 )
+from server.announce import LISTENING
+from server.ports import free_port
 
 ENGINES = ("mesh", "valkey")
 NODES = 3
@@ -77,7 +78,6 @@ VALUE_PAD = "v" * 75  # the PUT body {"n":"NNNNNNNN","pad":"vvv..."} is 100 byte
 REQUEST_TIMEOUT = 5.0
 STARTUP_TIMEOUT = 30.0
 LOSS_TIMEOUT = 5.0  # a message not at every receiver this long after it was sent is lost
-_URL = re.compile(r"listening on (http://\S+)")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 
 
@@ -135,17 +135,17 @@ def start_nodes(stack: ExitStack, engine: str, envs: list[dict[str, str]], cpu: 
     for i, env in enumerate(envs, 1):
         children.append(Child(pinned(cpu, [sys.executable, "-m", "server"]), env, f"{engine}-{i}"))
     for c in children:
-        c.wait_for_line(_URL, timeout=STARTUP_TIMEOUT)
+        c.wait_for_line(LISTENING, timeout=STARTUP_TIMEOUT)
         if cpu is not None and os.sched_getaffinity(c.pid) != {cpu}:
             raise RuntimeError(f"{c.name} is not pinned to CPU {cpu}")
     return children
 
 
 def url_of(child: Child) -> str:
-    found = _URL.search(child.output())
+    found = LISTENING.search(child.output())
     if found is None:
         raise RuntimeError(f"{child.name}: no listening line")
-    return found.group(1)
+    return found.group(2)
 
 
 def wait_members(cluster: Cluster, children: list[Child]) -> None:

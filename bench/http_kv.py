@@ -38,8 +38,9 @@ from urllib.parse import urlsplit
 
 from bench.http_load import LoadResult, run_python, run_wrk, wrk_path
 from bench.otlp_sink import RECEIVED
-from bench.procs import Child, Cores, choose_cores, free_port, node_env, pin_self, server
+from bench.procs import Child, Cores, choose_cores, node_env, pin_self, server
 from bench.report import banner, median, ratio, table
+from server.ports import free_port
 
 VARIANTS = ("on", "off", "down", "none")
 KEY = "bench"

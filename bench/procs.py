@@ -13,7 +13,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.announce import LISTENING
+
 _PR_SET_PDEATHSIG = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
-_URL = re.compile(r"listening on (http://\S+)")
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,6 @@ def raise_fd_limit() -> None:
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = 65536 if hard == resource.RLIM_INFINITY else hard
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (right after this returns)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:
@@ -192,7 +185,7 @@ def server(module: str, cpu: int | None, env: Mapping[str, str], *, name: str | 
         argv = pinned(cpu, [sys.executable, "-m", module, *args])
     child = Child(argv, env, name or module)
     try:
-        url = child.wait_for_line(_URL).group(1)
+        url = child.wait_for_line(LISTENING).group(2)
         if cpu is not None and os.sched_getaffinity(child.pid) != {cpu}:
             raise RuntimeError(f"{child.name} is not pinned to CPU {cpu}")
         yield child, url

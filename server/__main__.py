@@ -11,6 +11,7 @@ from functools import partial
 
 import trio
 
+from server.announce import listening_line
 from server.errors import ConfigError
 from server.local_cluster import (
     CLUSTER_PORT_OFFSET,
@@ -23,8 +24,8 @@ from server.local_cluster import (
     run_local_cluster,
 )
 from server.logs import setup_logging
-from server.node import serve_node
 from server.runtime import tune_gc
+from server.serve import serve_node
 from server.settings import Settings, env_name, load_settings
 from tracing.setup import Telemetry, configure_tracing, load_tracing_config
 
@@ -85,7 +86,7 @@ async def run(settings: Settings) -> None:
                 tune_gc(settings.gc_thresholds)
                 log.info("node %s serving on %s", running.node.name, running.url)
                 # The first line is parsed (tests, the local-cluster supervisor): keep it as it is.
-                print(f"webserver node {running.node.name} listening on {running.url}", flush=True)
+                print(listening_line(running.node.name, running.url), flush=True)
                 print(startup_urls(running.url), flush=True)
                 async for signum in signals:
                     log.info("received %s", signal.Signals(signum).name)

@@ -13,8 +13,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from server.errors import RequestError
+from server.http.common import json_response
 from server.http.pages import pages
-from server.http.routes import api, json_response
+from server.http.routes import api
 from server.http.traces_api import traces_api
 from server.http.ws import websocket_endpoint
 from tracing import spans as S

@@ -26,6 +26,7 @@ import trio
 from server.app import create_app, create_asgi
 from server.logs import setup_logging
 from server.node import Node, default_node_name
+from server.ports import http_url
 from server.runtime import tune_gc
 from server.settings import load_settings
 from tracing.setup import configure_tracing
@@ -72,10 +73,6 @@ def listening_addresses() -> list[tuple[str, int]]:
     return found
 
 
-def url_for(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 settings = load_settings()
 setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)
 _listening = listening_addresses()
@@ -85,7 +82,7 @@ _name = settings.node_name or default_node_name(_host, _port)
 _url_known = bool(settings.advertise_url) or _served is not None
 telemetry = configure_tracing(settings.telemetry_config, _name)
 node = Node(settings, name=_name, tracer_provider=telemetry.provider,
-            http_url=settings.advertise_url or url_for(_host, _port), telemetry=telemetry,
+            http_url=settings.advertise_url or http_url(_host, _port), telemetry=telemetry,
             metrics=telemetry.metrics)
 if _served is None and not (settings.node_name and settings.advertise_url):
     # Loud: under the Hypercorn CLI a wrong name splits the cluster's view of this node.
@@ -129,7 +126,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
         if server and server[1] is not None:
             _url_known = True
-            node.set_http_url(url_for(server[0], server[1]))
+            node.set_http_url(http_url(server[0], server[1]))
             log.info("http_url %s (from the first request's local address)", node.http_url)
     await _asgi(scope, receive, send)
 

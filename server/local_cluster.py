@@ -53,8 +53,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from server.announce import LISTENING
 from server.engine.valkey_process import ValkeyNotFound, ValkeyProcess, find_server_binary, ping, start_valkey
 from server.errors import ConfigError
+from server.ports import free_ports, host_port, http_url
 from server.settings import Settings, env_name
 
 MIN_NODES = 1
@@ -66,7 +68,6 @@ KILL_GRACE = 5.0         # added to shutdown_timeout before SIGKILL
 POLL_INTERVAL = 0.2
 HTTP_TIMEOUT = 2.0
 
-_LISTENING = re.compile(r"webserver node (\S+) listening on (\S+)")
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 CLUSTER_ENGINES = ("mesh", "valkey")
 DEFAULT_VALKEY_PORT = 6379
@@ -135,11 +136,6 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^/@:,]*:)[^/@,]*@", r"\1***@", url)
 
 
-def host_port(host: str, port: int) -> str:
-    """HOST:PORT, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @dataclass(frozen=True)
 class NodePlan:
     """Where one local node serves and how the others reach it."""
@@ -153,20 +149,7 @@ class NodePlan:
 
     @property
     def url(self) -> str:
-        return f"http://{host_port(self.http_host, self.http_port)}"
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    """count distinct ports that were free on host a moment ago (all held while choosing)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sockets = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return http_url(self.http_host, self.http_port)
 
 
 def plan_nodes(count: int, settings: Settings, *, cluster_ports: bool = True) -> list[NodePlan]:
@@ -178,7 +161,7 @@ def plan_nodes(count: int, settings: Settings, *, cluster_ports: bool = True) ->
     per_node = 2 if cluster_ports else 1
     if port == 0:
         try:
-            ports = _free_ports(host, per_node * count)
+            ports = free_ports(host, per_node * count)
         except OSError as exc:
             raise ConfigError(f"bind: cannot find free ports on {host!r}: {exc.strerror}") from None
         pairs: list[tuple[int, int | None]] = (
@@ -310,7 +293,7 @@ def _forward(child: _Child, pipe: IO[bytes], stream: IO[str], output: _Output) -
     prefix = f"[{child.plan.name}]"
     for raw in iter(pipe.readline, b""):
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not child.listening.is_set() and (match := _LISTENING.search(text)):
+        if not child.listening.is_set() and (match := LISTENING.search(text)):
             child.url = match.group(2)
             child.listening.set()
         output.line(f"{prefix} {text}", stream=stream)

@@ -1,4 +1,5 @@
-"""Free TCP ports on this machine: one finder for the local cluster, tests and benchmarks."""
+"""Ports and addresses: free TCP ports (for the local cluster, tests and benchmarks) and
+HOST:PORT / URL formatting with IPv6 hosts in brackets."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ def free_ports(host: str = "127.0.0.1", count: int = 1) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://{host_port(host, port)}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

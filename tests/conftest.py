@@ -13,7 +13,7 @@ from server.engine.valkey_process import (
     start_valkey,
     start_valkey_cluster,
 )
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import start_node
 
 

@@ -17,7 +17,7 @@ import trio
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import start_node
 
 CLUSTER_SECRET = "engine-contract-secret-0123456789abcdef"

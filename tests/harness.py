@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Sampler
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from server.node import RunningNode, serve_node
+from server.serve import RunningNode, serve_node
 from server.settings import load_settings
 
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import json_client, start_node
 
 SECRET = "test-cluster-secret-0123456789abcdef"

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from trio_websocket import open_websocket_url
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import json_client, start_node, ws_url
 from tests.test_cluster_nodes import SECRET
 

@@ -7,7 +7,7 @@ import json
 import httpx
 import trio
 
-from server.node import RunningNode
+from server.serve import RunningNode
 
 
 async def test_root_says_hello_world(http: httpx.AsyncClient) -> None:

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanContext
 
 from server.errors import ConfigError
 from server.logs import setup_logging
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.e2e.processes import node_process
 from tests.harness import make_provider, wait_for_spans
 from tracing.lean import tracer_for

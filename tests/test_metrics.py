@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import open_websocket_url
 
-from server.node import RunningNode, serve_node
+from server.serve import RunningNode, serve_node
 from server.settings import load_settings
 from tests.harness import json_client, make_provider, ws_url
 from tracing.metrics import make_meter_provider

@@ -106,7 +106,7 @@ def test_a_dead_collector_costs_one_warning_even_with_tracing_off(caplog: Any) -
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from bench.procs import free_port
+    from server.ports import free_port
     from tracing.metrics_export import QuietMetricExporter
 
     caplog.set_level(logging.DEBUG)

@@ -6,7 +6,7 @@ import httpx
 
 from server.app import create_app
 from server.http.openapi import openapi_document
-from server.node import RunningNode
+from server.serve import RunningNode
 from tracing.spans import route_template
 
 

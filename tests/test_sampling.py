@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
 from server.errors import ConfigError
-from server.node import RunningNode
+from server.serve import RunningNode
 from server.settings import PROJECT_ROOT
 from tests.harness import make_provider, start_sampled_node, wait_for_spans
 from tracing.lean import LeanTracer, tracer_for

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from trio_websocket import open_websocket_url
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import close_reason, json_client, one_span, spans_named, wait_for_spans, ws_url
 from tracing import spans as S
 

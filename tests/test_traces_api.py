@@ -12,7 +12,7 @@ import pytest
 import trio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import json_client, start_node
 
 SECRET = "test-cluster-secret-0123456789abcdef"

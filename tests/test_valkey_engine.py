@@ -27,8 +27,8 @@ from server.engine.valkey_process import (
     start_sentinel,
     start_valkey,
 )
-from server.node import RunningNode
 from server.ports import free_port
+from server.serve import RunningNode
 from tests.harness import JsonClient, json_client, start_node, wait_for_spans
 
 FAST = {"heartbeat_interval": "0.2", "failure_timeout": "1.0", "valkey_timeout": "0.5",

@@ -8,7 +8,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import close_reason, json_client, ws_url
 
 

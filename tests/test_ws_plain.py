@@ -10,7 +10,7 @@ import trio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from server.node import RunningNode
+from server.serve import RunningNode
 from tests.harness import close_reason, start_node, ws_url
 
 

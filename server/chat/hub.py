@@ -26,6 +26,7 @@ from server.chat.connection import Connection, Protocol
 from server.chat.rooms import ChatMessage, Room, Rooms
 from server.errors import InvalidInput, NotFound, Unavailable
 from tracing import spans as S
+from tracing.ids import current_trace_id
 
 if TYPE_CHECKING:
     from server.engine.base import ChatBus
@@ -186,11 +187,9 @@ class Hub:
         """Queue a chat message for fan-out; waits (bounded) if the broadcaster is behind."""
         if room not in conn.rooms:
             raise NotFound(f"not a member of room {room!r}; join it first", field="room")
-        span_ctx = trace.get_current_span().get_span_context()
         message = ChatMessage(
             room=room, user=conn.username, text=text, timestamp=utc_timestamp(),
-            id=os.urandom(8).hex(), node=self.node_name,
-            trace_id=format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None)
+            id=os.urandom(8).hex(), node=self.node_name, trace_id=current_trace_id())
         item = _Broadcast(room, conn, otel_context.get_current(), message=message)
         with trio.move_on_after(self.publish_timeout):
             await self._send.send(item)

@@ -2,42 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import TYPE_CHECKING, Any
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, request
 
 from server.errors import InvalidInput, NotFound, RequestError, TooLarge
+from server.http.common import json_response, node, read_json
 from server.http.openapi import openapi_document
 from server.http.ws import DEFAULT_ROOM
 from server.validation import check_key, check_room, check_value_size
 
-if TYPE_CHECKING:
-    from server.node import Node
-
 api = Blueprint("api", __name__)
-
-
-def node() -> Node:
-    return current_app.config["NODE"]  # type: ignore[no-any-return]
-
-
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), status=status,
-                    content_type="application/json")
-
-
-async def _read_json() -> Any:
-    """The request body as JSON; the body size was capped before it was read."""
-    raw = await request.get_data(as_text=False)
-    if not raw:
-        raise InvalidInput("the request body is empty; send JSON", field="body")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        detail = f"{exc.msg} at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-        raise InvalidInput(f"malformed JSON: {detail}", field="body") from None
 
 
 @api.get("/")
@@ -89,7 +64,7 @@ async def nodes() -> Response:
 async def kv_post() -> Response:
     """The original's write: {"key": str, "value": str}; Ecto-style field errors."""
     try:
-        body = await _read_json()
+        body = await read_json()
     except InvalidInput as exc:
         return json_response({"errors": {"body": [exc.message]}}, 400)
     if not isinstance(body, dict):
@@ -132,7 +107,7 @@ async def kv_put(key: str) -> Response:
     """Any JSON value; the body is the value itself."""
     n = node()
     check_key(key)
-    value = await _read_json()
+    value = await read_json()
     check_value_size(value, n.settings.max_value_bytes)
     entry = await n.kv.put(key, value)
     return json_response({"status": "ok", "node": n.name, "version": entry.version.to_json()})

@@ -39,7 +39,7 @@ import trio
 from quart import Blueprint, Response, request
 
 from server.engine.base import PeerError
-from server.http.routes import json_response, node
+from server.http.common import json_response, node
 from tracing.span_buffer import (
     RECENT_TRACES,
     merge_summaries,

@@ -14,14 +14,13 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from opentelemetry import trace
-
 from server.chat.connection import Connection
 from server.chat.hub import Hub, encode
 from server.engine.base import KVStore
 from server.errors import InvalidInput, RequestError
 from server.settings import Settings
 from server.validation import check_key, check_room, check_text, check_value_size
+from tracing.ids import current_trace_id
 
 Handler = Callable[["JsonSession", dict[str, Any]], Awaitable[dict[str, Any]]]
 _HANDLERS: dict[str, Handler] = {}
@@ -110,9 +109,9 @@ class JsonSession:
             reply = {"type": "ok", "op": kind, **reply}
         if request.get("ref") is not None:
             reply["ref"] = request["ref"]
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            reply["trace_id"] = format(ctx.trace_id, "032x")
+        trace_id = current_trace_id()
+        if trace_id is not None:
+            reply["trace_id"] = trace_id
         return encode(reply)
 
 

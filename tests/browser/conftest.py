@@ -21,7 +21,8 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.e2e.processes import FAST_CLUSTER_TIMING, REPO_ROOT, free_port, process_env
+from server.ports import free_port
+from tests.e2e.processes import FAST_CLUSTER_TIMING, REPO_ROOT, process_env
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

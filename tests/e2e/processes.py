@@ -9,9 +9,7 @@ can never block on a full pipe and the test can read it at any time.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +21,13 @@ from typing import IO, Any
 import httpx
 import trio
 
+from server.announce import LISTENING
+from server.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_COMMAND = (sys.executable, "-m", "server")
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
-_LISTENING = re.compile(r"webserver node (\S+) listening on (\S+)")
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the socket is closed again)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PortInUse(AssertionError):
@@ -102,7 +95,7 @@ class ServerProcess:
         assert self.process.stdout is not None
         with trio.move_on_after(timeout):
             while True:
-                if match := _LISTENING.search(self.stdout()):
+                if match := LISTENING.search(self.stdout()):
                     self.node_name, self.url = match.group(1), match.group(2)
                     return self.url
                 chunk = await self.process.stdout.receive_some(4096)

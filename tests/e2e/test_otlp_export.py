@@ -13,8 +13,9 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from server.ports import free_port
 from tests.e2e.otlp_receiver import OtlpReceiver, ReceivedSpan, decode_attributes
-from tests.e2e.processes import free_port, node_process
+from tests.e2e.processes import node_process
 
 pytestmark = pytest.mark.e2e
 

@@ -15,11 +15,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from server.ports import free_port
 from tests.e2e.processes import (
     NODE_COMMAND,
     ServerProcess,
     enter_on_free_port,
-    free_port,
     node_process,
     process_env,
     running_process,

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import trio
 
+from server.announce import LISTENING
 from tests.e2e.processes import REPO_ROOT, STARTUP_TIMEOUT, STOP_TIMEOUT, process_env
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.e2e
 # once); warm, the whole test takes about 15 s.
 BUILD_TIMEOUT = 180.0
 INSTALL_TIMEOUT = 300.0
-_LISTENING = re.compile(r"webserver node (\S+) listening on (\S+)\n")
 _LAST_URL_LINE = re.compile(r"trace viewer:\s+(\S+)\n")
 # What a module run in the new venv reports about where the package and its data are.
 _WHERE = """
@@ -124,7 +124,7 @@ async def test_the_built_wheel_installs_and_serves_from_package_data(tmp_path: P
                         break
                     output += chunk
             text = output.decode(errors="replace")
-            listening = _LISTENING.search(text)
+            listening = LISTENING.search(text)
             assert listening and _LAST_URL_LINE.search(text), f"no startup lines\n{describe()}"
             # The listening line comes first; the URLs people open follow it.
             assert text.index(listening.group(0)) < text.index("trace viewer:")

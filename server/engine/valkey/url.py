@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from server.errors import ConfigError
+from server.ports import host_port
 
 SCHEMES = ("redis", "rediss", "valkey", "valkeys")
 
@@ -21,7 +22,7 @@ class ServerURL:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 def parse_url(url: str) -> ServerURL:
