@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
 from server.chat.connection import Connection, Protocol
 from server.chat.rooms import ChatMessage, Room, Rooms
 from server.errors import InvalidInput, NotFound, Unavailable
-from tracing import spans as S
+from tracing.chat import broadcast_span
 from tracing.ids import current_trace_id
 
 if TYPE_CHECKING:
@@ -212,17 +210,12 @@ class Hub:
                     otel_context.detach(token)
 
     def _fan_out(self, msg: ChatMessage, exclude: Connection | None, remote: bool = False) -> None:
-        started = time.perf_counter_ns()
         # Other nodes with members get the message once each; a forwarded one stops here.
         bus = None if remote else self.bus
         targets = bus.remote_targets(msg.room) if bus is not None else {}
-        kind = SpanKind.CONSUMER if remote else SpanKind.PRODUCER if targets else SpanKind.INTERNAL
-        attributes: dict[str, Any] = {S.CHAT_ROOM: S.clip(msg.room), S.CHAT_SENDER: S.clip(msg.user)}
-        if remote:
-            attributes[S.CHAT_ORIGIN_NODE] = msg.node
-        with self.tracer.start_as_current_span(S.CHAT_BROADCAST, kind=kind, attributes=attributes) as span:
+        with broadcast_span(self.tracer, self.metrics, room=msg.room, sender=msg.user,
+                            origin_node=msg.node if remote else None, remote_targets=targets) as record:
             room = self.rooms.get(msg.room)
-            delivered = dropped = 0
             if room is not None:
                 room.history.append(msg)
                 frames: dict[Protocol, str] = {}
@@ -233,27 +226,15 @@ class Hub:
                     if frame is None:
                         frame = frames[conn.protocol] = self.encode_message(msg, conn.protocol)
                     if conn.offer(frame):
-                        delivered += 1
+                        record.delivered += 1
                     else:
-                        dropped += 1
+                        record.dropped += 1
                         self._maybe_evict(conn)
             self.stats.broadcasts += 1
-            self.stats.delivered += delivered
-            self.stats.dropped += dropped
-            forwarded = bus.forward(msg, targets) if bus is not None else []
-            if targets:
-                span.set_attribute(S.CHAT_REMOTE_NODES, len(forwarded))
-                span.set_attribute(S.CHAT_LOCAL_RECIPIENTS, delivered)
-                delivered += sum(targets[n] for n in forwarded)  # as this node knows them
-            span.set_attribute(S.CHAT_RECIPIENTS, delivered)
-            span.set_attribute(S.CHAT_DROPPED, dropped)
-            elapsed_ns = time.perf_counter_ns() - started
-            span.set_attribute(S.CHAT_DURATION_US, elapsed_ns // 1000)
-            if self.metrics is not None:
-                self.metrics.chat_duration.record(elapsed_ns / 1e9)
-                self.metrics.chat_recipients.record(delivered)
-                if dropped:
-                    self.metrics.chat_dropped.add(dropped)
+            self.stats.delivered += record.delivered
+            self.stats.dropped += record.dropped
+            if bus is not None:
+                record.forwarded = bus.forward(msg, targets)
 
     def _fan_out_presence(self, room_name: str, presence: dict[str, Any],
                           exclude: Connection | None) -> None:
