@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    Scope,
+    WebsocketResponseBodyEvent,
+    WebsocketResponseStartEvent,
+)
 from opentelemetry import trace
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -19,7 +26,7 @@ from server.http.routes import api
 from server.http.traces_api import traces_api
 from server.http.ws import websocket_endpoint
 from tracing import spans as S
-from tracing.http import ROUTE_KEY, ASGIApp, Receive, Scope, Send, TracingMiddleware, name_span_for_route
+from tracing.http import ROUTE_KEY, ASGIApp, TracingMiddleware, name_span_for_route
 
 if TYPE_CHECKING:
     from server.node import Node
@@ -78,10 +85,10 @@ def create_asgi(node: Node, quart_app: QuartTrio | None = None) -> ASGIApp:
     quart = quart_app or create_app(node)
     http = TracingMiddleware(quart, node.tracer, node.metrics)  # type: ignore[arg-type]
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] == "websocket":
             if scope["path"] == "/ws":
-                await websocket_endpoint(node, dict(scope), receive, send)
+                await websocket_endpoint(node, scope, receive, send)
             else:
                 await _reject_websocket(receive, send)
             return
@@ -91,11 +98,11 @@ def create_asgi(node: Node, quart_app: QuartTrio | None = None) -> ASGIApp:
     return app
 
 
-async def _reject_websocket(receive: Receive, send: Send) -> None:
+async def _reject_websocket(receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     """A WebSocket to any path but /ws: answer the upgrade with a plain 404."""
     await receive()
     body = json.dumps({"error": "not found"}).encode()
-    start: dict[str, Any] = {"type": "websocket.http.response.start", "status": 404,
-                             "headers": [(b"content-type", b"application/json")]}
-    await send(start)
-    await send({"type": "websocket.http.response.body", "body": body})
+    await send(WebsocketResponseStartEvent(type="websocket.http.response.start", status=404,
+                                           headers=[(b"content-type", b"application/json")]))
+    await send(WebsocketResponseBodyEvent(type="websocket.http.response.body", body=body,
+                                          more_body=False))

@@ -32,7 +32,7 @@ from server.settings import load_settings
 from tracing.setup import configure_tracing
 
 if TYPE_CHECKING:
-    from tracing.http import Receive, Scope, Send
+    from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 log = logging.getLogger("server.asgi")
 
@@ -120,7 +120,7 @@ async def _stop_node() -> None:
 _asgi = create_asgi(node, _quart)
 
 
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
+async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
     global _url_known
     if not _url_known and scope["type"] != "lifespan":
         server = scope.get("server")

@@ -11,10 +11,11 @@ conventions say.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract
@@ -25,11 +26,9 @@ from tracing import spans as S
 if TYPE_CHECKING:
     from tracing.metrics import Metrics
 
-Scope = MutableMapping[str, Any]
 ROUTE_KEY = "webserver.route"  # the matched route template, put in the scope by the app
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The ASGI types are Hypercorn's (the server we run on); an application is any callable of them.
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
 
 class _HeaderGetter:
@@ -51,7 +50,7 @@ _CONTEXT_HEADERS = frozenset((b"traceparent", b"tracestate", b"baggage"))
 _ROOT = otel_context.Context()
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     for k, v in headers:
         if k == name:
             return v.decode("latin-1")
@@ -71,7 +70,7 @@ class TracingMiddleware:
         self.tracer = tracer
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -106,7 +105,7 @@ class TracingMiddleware:
             metrics.http_active.add(1, active)
             started = time.perf_counter()
 
-        async def send_and_note_status(message: dict[str, Any]) -> None:
+        async def send_and_note_status(message: ASGISendEvent) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, WebsocketAcceptEvent, WebsocketScope
 
 from server.chat.connection import (
     CLOSE_GOING_AWAY,
@@ -48,31 +49,31 @@ DEFAULT_ROOM = "default"
 MAX_BATCH = 64
 _OUT = {"direction": "out"}
 
-Scope = dict[str, Any]
 
 
-def _query(scope: Scope) -> dict[str, str]:
+def _query(scope: WebsocketScope) -> dict[str, str]:
     parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
     return {k: v[-1] for k, v in parsed.items()}
 
 
-def _headers(scope: Scope) -> dict[str, str]:
+def _headers(scope: WebsocketScope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
 
-def _peer(scope: Scope) -> str:
+def _peer(scope: WebsocketScope) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "unknown"
 
 
-async def websocket_endpoint(node: Node, scope: Scope, receive: Any, send: Any) -> None:
+async def websocket_endpoint(node: Node, scope: WebsocketScope, receive: ASGIReceiveCallable,
+                             send: ASGISendCallable) -> None:
     event = await receive()
     if event["type"] != "websocket.connect":
         return
     query = _query(scope)
     subprotocols: Iterable[str] = scope.get("subprotocols") or ()
     use_json = SUBPROTOCOL in subprotocols or query.get("protocol") == "json"
-    accept: dict[str, Any] = {"type": "websocket.accept"}
+    accept: WebsocketAcceptEvent = {"type": "websocket.accept", "subprotocol": None, "headers": ()}
     if SUBPROTOCOL in subprotocols:
         accept["subprotocol"] = SUBPROTOCOL
     refusal: tuple[int, str] | None = None
@@ -97,7 +98,8 @@ async def websocket_endpoint(node: Node, scope: Scope, receive: Any, send: Any) 
 
 
 class WebSocketSession:
-    def __init__(self, node: Node, conn: Connection, scope: Scope, send: Any, receive: Any) -> None:
+    def __init__(self, node: Node, conn: Connection, scope: WebsocketScope, send: ASGISendCallable,
+                 receive: ASGIReceiveCallable) -> None:
         self.node = node
         self.hub: Hub = node.hub
         self.conn = conn
@@ -111,7 +113,7 @@ class WebSocketSession:
         self.json = JsonSession(conn, node.hub, node.kv, node.settings)
         self._protocol_attr = {S.WS_SUBPROTOCOL: conn.protocol.value}
 
-    async def run(self, accept: dict[str, Any]) -> None:
+    async def run(self, accept: WebsocketAcceptEvent) -> None:
         error: BaseException | None = None
         try:
             self.hub.add(self.conn)
@@ -220,11 +222,11 @@ class WebSocketSession:
             if conn.close_request is not None and conn.close_request[0] == CLOSE_POLICY_VIOLATION:
                 break  # a slow consumer gets no more frames, only the close
             if batching and len(frames) > 1:
-                await self.send({"type": "websocket.send",
+                await self.send({"type": "websocket.send", "bytes": None,
                                  "text": '{"type":"batch","frames":[' + ",".join(frames) + "]}"})
             else:
                 for frame in frames:
-                    await self.send({"type": "websocket.send", "text": frame})
+                    await self.send({"type": "websocket.send", "bytes": None, "text": frame})
             if frames:
                 self.node.metrics.ws_messages.add(len(frames), _OUT)
             conn.mark_drained()
