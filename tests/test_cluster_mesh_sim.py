@@ -26,6 +26,7 @@ from server.cluster.links import CLOSE_AUTH_FAILED, LinkError
 from server.cluster.membership import Status
 from server.cluster.mesh import RESOURCE, Mesh
 from server.cluster.protocol import Message
+from server.cluster.transport import PreAuthStream
 from server.settings import Settings
 from tests.cluster_sim.harness import (
     NodeSpec,
@@ -254,7 +255,7 @@ async def test_forged_proof_oversize_hello_and_silent_client_are_refused(
         with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
         assert _close_code(closed.value) == CLOSE_AUTH_FAILED
-        # 2. a hello over the pre-auth cap is refused by the WebSocket layer (1009: too big)
+        # 2. a hello over the pre-auth cap is refused with 1009 (too big)
         ws = await _raw_client(sim, nursery, "n1")
         await ws.send_message(auth.frame("hello", node="mallory", nonce="x" * 4000, address="a:1", url="u"))
         with trio.fail_after(5), pytest.raises(ConnectionClosed) as closed:
@@ -272,7 +273,55 @@ async def test_forged_proof_oversize_hello_and_silent_client_are_refused(
     messages = [r.getMessage() for r in caplog.records if r.name == "server.cluster.mesh"]
     assert len(messages) == 3 and all("refused a peer link" in m for m in messages), messages
     assert "mallory sent a wrong proof" in messages[0]
-    assert "MESSAGE_TOO_BIG" in messages[1]
+    assert "pre-authentication frame over 2048 bytes" in messages[1]
+
+
+async def test_a_flood_before_authentication_is_cut_off_at_the_byte_budget(
+        autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Under cluster_max_message_bytes, so only the pre-authentication byte budget stops it.
+    caplog.set_level(logging.WARNING, logger="server.cluster")
+    n1 = await sim.start("n1")
+    size = BASE.cluster_max_message_bytes // 2
+    assert size > auth.PRE_AUTH_STREAM_BYTES
+    async with trio.open_nursery() as nursery:
+        ws = await _raw_client(sim, nursery, "n1")
+        await ws.send_message(auth.frame("hello", node="mallory", nonce="x" * size, address="a:1", url="u"))
+        with trio.fail_after(5), pytest.raises(ConnectionClosed):
+            await ws.get_message()
+        nursery.cancel_scope.cancel()
+    assert not n1.membership.members and not n1.links
+    messages = [r.getMessage() for r in caplog.records if r.name == "server.cluster.mesh"]
+    assert len(messages) == 1, messages
+    assert "refused a peer link" in messages[0]
+    assert messages[0].endswith(f"sent over {auth.PRE_AUTH_STREAM_BYTES} bytes before authenticating")
+
+
+async def test_preauth_stream_reads_no_more_than_its_budget_until_lifted() -> None:
+    near, far = trio.testing.memory_stream_pair()
+    guarded = PreAuthStream(near, 1000)
+    await far.send_all(b"x" * 5000)
+    got = b""
+    while chunk := await guarded.receive_some(300):
+        got += chunk
+    assert len(got) == 1000 and guarded.exhausted
+    assert await guarded.receive_some() == b""  # stays spent
+    lifted = PreAuthStream(near, 10)
+    assert await lifted.receive_some() == b"x" * 10
+    lifted.lift()
+    assert len(await lifted.receive_some()) == 3990  # the rest, unbounded
+
+
+async def test_messages_up_to_the_cluster_limit_flow_once_authenticated(
+        autojump_clock: trio.testing.MockClock, sim: SimCluster[Mesh]) -> None:
+    def echo(mesh: Mesh) -> None:
+        mesh.on("echo", lambda peer, message: {"back": message.body["data"]})
+
+    await start_star(sim, 2, setup=echo)
+    data = "y" * (BASE.cluster_max_message_bytes // 2)  # far over both pre-authentication limits
+    for asker, answerer in (("n1", "n2"), ("n2", "n1")):  # dialer and listener side alike
+        reply = await sim[asker].request(answerer, "echo", {"data": data}, within_s=5)
+        assert reply == {"back": data}
 
 
 async def test_handshake_timeout_warning_says_why(

@@ -11,7 +11,13 @@ and a proof for one pair of nodes is useless for another:
 
 Frames before `welcome` are capped at PRE_AUTH_MAX_BYTES and parsed only as
 these four small JSON shapes; proofs are compared in constant time. Any
-mismatch raises AuthError and the caller closes the link.
+mismatch raises AuthError and the caller closes the link. The steps and checks
+are run by the state machines in handshake.py.
+
+Before a peer has proved itself the link reads at most PRE_AUTH_STREAM_BYTES
+from it in all (transport.PreAuthStream): the WebSocket connection's own message
+limit is cluster_max_message_bytes from the start (trio-websocket cannot change
+it later), so this byte budget is what bounds an unauthenticated peer's memory.
 """
 
 from __future__ import annotations
@@ -23,11 +29,20 @@ import secrets
 from typing import Any
 
 PRE_AUTH_MAX_BYTES = 2048
+# Everything a peer may send before it is authenticated (the HTTP upgrade request
+# and the handshake frames, WebSocket framing included), with ample room to spare.
+PRE_AUTH_STREAM_BYTES = 16 * 1024
 NONCE_BYTES = 32
 
 
 class AuthError(Exception):
     """The peer failed the handshake (wrong secret, malformed frame, wrong step)."""
+
+
+class FrameTooBig(AuthError):
+    """A frame over PRE_AUTH_MAX_BYTES before authentication: the link is closed with 1009."""
+
+    close_code = 1009
 
 
 def new_nonce() -> str:
@@ -55,7 +70,7 @@ def frame(kind: str, **fields: str) -> str:
 def parse(raw: str | bytes, kind: str, *names: str) -> dict[str, str]:
     """One pre-auth frame of the expected kind with string fields `names`."""
     if len(raw) > PRE_AUTH_MAX_BYTES:
-        raise AuthError(f"pre-authentication frame over {PRE_AUTH_MAX_BYTES} bytes")
+        raise FrameTooBig(f"pre-authentication frame over {PRE_AUTH_MAX_BYTES} bytes")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -26,11 +26,11 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
-    WebSocketServer,
     wrap_client_stream,
+    wrap_server_stream,
 )
 
-from server.cluster import auth
+from server.cluster import auth, handshake
 from server.cluster.links import (
     CLOSE_AUTH_FAILED,
     CLOSE_DUPLICATE,
@@ -43,7 +43,7 @@ from server.cluster.links import (
 )
 from server.cluster.membership import Membership, Status
 from server.cluster.protocol import REPLY, Message
-from server.cluster.transport import TcpTransport, Transport
+from server.cluster.transport import PreAuthStream, TcpTransport, Transport, remote_address
 from server.settings import Settings
 from tracing import propagation
 from tracing import spans as S
@@ -116,13 +116,9 @@ class Mesh:
         self.membership.self_address = self.address
         for peer in s.peer_addresses:
             self.membership.learn(peer)
-        # trio-websocket is typed for socket listeners/streams but works over any Trio stream.
-        server = WebSocketServer(self._accept, [listener], handler_nursery=None,  # type: ignore[list-item]
-                                 max_message_size=s.cluster_max_message_bytes,
-                                 connect_timeout=s.handshake_timeout, disconnect_timeout=1)
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
+                await nursery.start(trio.serve_listeners, self._serve_connection, [listener])
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._dial_manager, nursery)
                 log.info("cluster: %s listening for peers on %s", self.name, self.address)
@@ -171,15 +167,16 @@ class Mesh:
     async def _dial(self, address: str) -> bool:
         s = self.settings
         with trio.fail_after(s.handshake_timeout):
-            stream = await self.transport.open_stream(address)
+            stream = PreAuthStream(await self.transport.open_stream(address), auth.PRE_AUTH_STREAM_BYTES)
         async with trio.open_nursery() as nursery:
             try:
                 with trio.fail_after(s.handshake_timeout):
                     host = address.rpartition(":")[0]
+                    # trio-websocket is typed for socket streams but works over any Trio stream.
                     ws = await wrap_client_stream(nursery, stream, host, RESOURCE,  # type: ignore[arg-type]
                                                   message_queue_size=64,
                                                   max_message_size=s.cluster_max_message_bytes)
-                    peer = await self._handshake_dialer(ws, address)
+                    peer = await self._handshake_dialer(ws, stream, address)
             except BaseException:
                 await stream.aclose()
                 nursery.cancel_scope.cancel()
@@ -187,73 +184,75 @@ class Mesh:
             if peer is None:
                 nursery.cancel_scope.cancel()
                 return False
-            await self._serve_link(ws, peer[0], peer[1], peer[2], dialer=self.name)
+            await self._serve_link(ws, peer, dialer=self.name)
             nursery.cancel_scope.cancel()
         return True
 
-    async def _handshake_dialer(self, ws: WebSocketConnection, address: str) -> tuple[str, str, str] | None:
-        limit = _pre_auth(ws)
-        nonce = auth.new_nonce()
-        await ws.send_message(auth.frame("hello", node=self.name, nonce=nonce,
-                                         address=self.address, url=self.http_url))
-        got = auth.parse(await ws.get_message(), "challenge", "node", "nonce", "proof", "url")
-        peer = got["node"]
-        if peer == self.name:
-            if address not in (self.address, self.settings.cluster_bind):
-                log.warning("cluster: the node at %s is also named %s; node names must be unique "
-                            "(set node_name)", address, peer)
+    async def _handshake_dialer(self, ws: WebSocketConnection, stream: PreAuthStream,
+                                address: str) -> handshake.Peer | None:
+        machine = handshake.DialerHandshake(
+            self.secret, name=self.name, address=self.address, url=self.http_url, target=address,
+            own_addresses=(self.address, self.settings.cluster_bind))
+        try:
+            return await _run_handshake(ws, stream, machine)
+        except handshake.SelfDial as exc:
+            if isinstance(exc, handshake.DuplicateName):
+                log.warning("cluster: %s", exc)
             await ws.aclose(CLOSE_DUPLICATE, "that is this node")
             self.membership.candidates.discard(address)
             return None
-        expected = auth.proof(self.secret, "listener", nonce, got["nonce"], self.name, peer)
-        if not auth.verify(expected, got["proof"]):
-            log.warning("cluster: %s at %s failed authentication (wrong cluster secret?)", peer, address)
-            error = auth.AuthError(f"{peer} at {address} sent a wrong proof (wrong cluster secret?)")
-            self._record_failed_handshake(address, error, SpanKind.CLIENT)
+        except handshake.WrongProof as exc:
+            log.warning("cluster: %s at %s failed authentication (wrong cluster secret?)", exc.peer, address)
+            self._record_failed_handshake(address, exc, SpanKind.CLIENT)
             await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
-            raise error
-        await ws.send_message(auth.frame("auth", proof=auth.proof(self.secret, "dialer", nonce,
-                                                                    got["nonce"], self.name, peer)))
-        auth.parse(await ws.get_message(), "welcome")
-        _post_auth(ws, limit)
-        return peer, address, got["url"]
+            raise
+        except auth.FrameTooBig as exc:
+            await ws.aclose(exc.close_code, str(exc))
+            raise
 
     # -- accepting -------------------------------------------------------------
-    async def _accept(self, request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        remote = _remote(ws)  # read now: a closed connection no longer knows its peer
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        """One inbound connection: WebSocket upgrade, handshake, then the link until it ends.
+        trio.serve_listeners closes `stream` once this returns."""
+        s = self.settings
+        remote = remote_address(stream)  # read now: a closed connection no longer knows its peer
+        guarded = PreAuthStream(stream, auth.PRE_AUTH_STREAM_BYTES)
+        async with trio.open_nursery() as nursery:
+            request: WebSocketRequest | None = None
+            with trio.move_on_after(s.handshake_timeout):  # no upgrade request in time: just drop it
+                request = await wrap_server_stream(nursery, guarded,
+                                                   max_message_size=s.cluster_max_message_bytes)
+            try:
+                if request is not None:
+                    await self._accept(await request.accept(), guarded, remote)
+            except ConnectionClosed:
+                log.debug("cluster: %s went away during the WebSocket upgrade", remote)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _accept(self, ws: WebSocketConnection, stream: PreAuthStream, remote: str) -> None:
         try:
             with trio.fail_after(self.settings.handshake_timeout):
-                peer = await self._handshake_listener(ws)
+                peer = await self._handshake_listener(ws, stream)
         except (auth.AuthError, trio.TooSlowError, ConnectionClosed) as exc:
             reason = str(exc) or ("handshake timed out" if isinstance(exc, trio.TooSlowError)
                                   else type(exc).__name__)
             log.warning("cluster: refused a peer link from %s: %s", remote, reason)
             self._record_failed_handshake(remote, exc, SpanKind.SERVER)
+            close = ((exc.close_code, str(exc)) if isinstance(exc, auth.FrameTooBig)
+                     else (CLOSE_AUTH_FAILED, "authentication failed"))
             with trio.move_on_after(1):
-                await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
+                await ws.aclose(*close)
             return
-        await self._serve_link(ws, *peer, dialer=peer[0])
+        await self._serve_link(ws, peer, dialer=peer.name)
 
-    async def _handshake_listener(self, ws: WebSocketConnection) -> tuple[str, str, str]:
-        limit = _pre_auth(ws)
-        hello = auth.parse(await ws.get_message(), "hello", "node", "nonce", "address", "url")
-        nonce = auth.new_nonce()
-        peer = hello["node"]
-        await ws.send_message(auth.frame(
-            "challenge", node=self.name, nonce=nonce, url=self.http_url,
-            proof=auth.proof(self.secret, "listener", hello["nonce"], nonce, peer, self.name)))
-        got = auth.parse(await ws.get_message(), "auth", "proof")
-        expected = auth.proof(self.secret, "dialer", hello["nonce"], nonce, peer, self.name)
-        if not auth.verify(expected, got["proof"]):
-            raise auth.AuthError(f"{peer} sent a wrong proof (wrong cluster secret?)")
-        await ws.send_message(auth.frame("welcome"))
-        _post_auth(ws, limit)
-        return peer, hello["address"], hello["url"]
+    async def _handshake_listener(self, ws: WebSocketConnection, stream: PreAuthStream) -> handshake.Peer:
+        machine = handshake.ListenerHandshake(self.secret, name=self.name, url=self.http_url)
+        return await _run_handshake(ws, stream, machine)
 
     # -- links -----------------------------------------------------------------
-    async def _serve_link(self, ws: WebSocketConnection, peer: str, address: str, url: str, *,
-                          dialer: str) -> None:
+    async def _serve_link(self, ws: WebSocketConnection, remote: handshake.Peer, *, dialer: str) -> None:
+        peer, address, url = remote.name, remote.address, remote.url
         link = PeerLink(ws, peer=peer, dialer=dialer, queue_size=self.settings.link_queue_size,
                         dispatch=self._dispatch, on_send=self._count_out)
         existing = self.links.get(peer)
@@ -397,22 +396,33 @@ class Mesh:
         return [me] + [m.to_json() for _, m in sorted(self.membership.members.items())]
 
 
-def _pre_auth(ws: WebSocketConnection) -> int:
-    # trio-websocket reads this per message: nothing bigger is buffered before auth.
-    limit: int = ws._max_message_size
-    ws._max_message_size = auth.PRE_AUTH_MAX_BYTES
-    return limit
+async def _run_handshake(ws: WebSocketConnection, stream: PreAuthStream,
+                         machine: handshake.Handshake) -> handshake.Peer:
+    """Feed the peer's frames into the handshake until it is done; the caller bounds the time.
 
-
-def _post_auth(ws: WebSocketConnection, limit: int) -> None:
-    ws._max_message_size = limit
-
-
-def _remote(ws: WebSocketConnection) -> str:
-    try:
-        return str(ws.remote)
-    except Exception:
-        return "?"
+    The connection's message limit is cluster_max_message_bytes from the start (trio-websocket
+    only takes it when the connection is made), so a pre-authentication frame is refused on its
+    length once received (auth.FrameTooBig, 1009). What an unauthenticated peer can make this
+    node buffer is bounded by `stream`'s byte budget, lifted once the peer has proved itself.
+    """
+    first = machine.start()
+    if first is not None:
+        await ws.send_message(first)
+    while True:
+        try:
+            raw = await ws.get_message()
+        except ConnectionClosed:
+            if stream.exhausted:
+                raise auth.AuthError(f"sent over {auth.PRE_AUTH_STREAM_BYTES} bytes before "
+                                     "authenticating") from None
+            raise
+        step = machine.receive(raw)
+        if step.authenticated:
+            stream.lift()
+        if step.send is not None:
+            await ws.send_message(step.send)
+        if step.peer is not None:
+            return step.peer
 
 
 __all__ = ["LinkError", "Mesh"]

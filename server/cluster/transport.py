@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import trio
+from trio_websocket import Endpoint
 
 
 class Transport(Protocol):
@@ -41,3 +42,55 @@ class TcpTransport:
     async def open_stream(self, address: str) -> trio.abc.Stream:
         host, port = split_address(address)
         return await trio.open_tcp_stream(host, port)
+
+
+class PreAuthStream(trio.abc.Stream):
+    """A peer's byte stream that yields at most `budget` bytes until lift() is called.
+
+    Peer links run over this so an unauthenticated peer cannot make the node buffer
+    more than `budget` bytes: reads are clamped to what is left, so nothing past it
+    is even taken from the socket. Once it is spent the stream reports end of
+    stream (`exhausted` is set): trio-websocket then ends the connection as
+    abnormally closed (1006), without a close frame. The handshake lifts the
+    budget once the peer has proved it holds the cluster secret.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, budget: int) -> None:
+        self.stream = stream
+        self.remaining: int | None = budget
+        self.exhausted = False
+
+    def lift(self) -> None:
+        self.remaining = None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.remaining is None:
+            return await self.stream.receive_some(max_bytes)
+        if self.remaining <= 0:
+            self.exhausted = True
+            await trio.lowlevel.checkpoint()
+            return b""
+        data = await self.stream.receive_some(min(max_bytes or self.remaining, self.remaining))
+        if self.remaining is not None:  # lift() may have run while this read waited
+            self.remaining -= len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def remote_address(stream: trio.abc.Stream) -> str:
+    """Who is at the other end, as trio-websocket shows it (`WebSocketConnection.remote`)."""
+    try:
+        if isinstance(stream, trio.SocketStream):
+            host, port, *_ = stream.socket.getpeername()
+            return str(Endpoint(host, port, False))
+        return repr(stream)
+    except Exception:
+        return "?"
