@@ -27,6 +27,7 @@ from server.logs import setup_logging
 from server.runtime import tune_gc
 from server.serve import serve_node
 from server.settings import Settings, env_name, load_settings
+from tracing.errors import TelemetryConfigError
 from tracing.setup import Telemetry, configure_tracing, load_tracing_config
 
 
@@ -77,7 +78,8 @@ async def run(settings: Settings) -> None:
         telemetries: list[Telemetry] = []
 
         def make_telemetry(node_name: str) -> Telemetry:
-            telemetries.append(configure_tracing(settings.telemetry_config, node_name))
+            # The process's global providers too: third-party instrumentations join the node's pipeline.
+            telemetries.append(configure_tracing(settings.telemetry_config, node_name, set_global=True))
             return telemetries[-1]
 
         try:
@@ -119,7 +121,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         load_tracing_config(settings.telemetry_config)
         return run_local_cluster(args.cluster, settings, config_path=args.config, engine=engine,
                                  valkey_url=args.valkey_url, valkey_port=args.valkey_port)
-    except ConfigError as exc:
+    except (ConfigError, TelemetryConfigError) as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)
         return 2
 
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "cluster_bind": args.cluster_bind, "peers": args.peers,
                                             "engine": args.engine, "valkey_url": args.valkey_url})
         load_tracing_config(settings.telemetry_config)  # fail before serving, not during
-    except ConfigError as exc:
+    except (ConfigError, TelemetryConfigError) as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)

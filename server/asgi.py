@@ -80,7 +80,7 @@ _served = _listening[0] if len(_listening) == 1 else None
 _host, _port = _served or (settings.host, settings.port)
 _name = settings.node_name or default_node_name(_host, _port)
 _url_known = bool(settings.advertise_url) or _served is not None
-telemetry = configure_tracing(settings.telemetry_config, _name)
+telemetry = configure_tracing(settings.telemetry_config, _name, set_global=True)
 node = Node(settings, name=_name, tracer_provider=telemetry.provider,
             http_url=settings.advertise_url or http_url(_host, _port), telemetry=telemetry,
             metrics=telemetry.metrics)

@@ -17,11 +17,11 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext
 
-from server.errors import ConfigError
 from server.logs import setup_logging
 from server.serve import RunningNode
 from tests.e2e.processes import node_process
 from tests.harness import make_provider, wait_for_spans
+from tracing.errors import TelemetryConfigError
 from tracing.lean import tracer_for
 from tracing.log_correlation import (
     JsonFormatter,
@@ -218,7 +218,7 @@ def test_the_shipped_config_logs_text_without_otlp() -> None:
     ("logs = 3\n", "logs must be a table"),
 ])
 def test_bad_logs_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(TelemetryConfigError, match=needle):
         load_tracing_config(_conf(tmp_path, text), environ={})
 
 
@@ -229,7 +229,7 @@ def test_otel_logs_exporter_overrides_the_file(tmp_path: Path) -> None:
     assert load_tracing_config(on, environ={"OTEL_LOGS_EXPORTER": "none"}).logs.otlp_export is False
     assert load_tracing_config(on, environ={"OTEL_SDK_DISABLED": "true"}).logs.otlp_export is False
     assert load_tracing_config(on, environ={}).logs.otlp_export is True
-    with pytest.raises(ConfigError, match="OTEL_LOGS_EXPORTER 'console'"):
+    with pytest.raises(TelemetryConfigError, match="OTEL_LOGS_EXPORTER 'console'"):
         load_tracing_config(off, environ={"OTEL_LOGS_EXPORTER": "console"})
 
 

@@ -26,11 +26,12 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
-from server.errors import ConfigError
 from server.serve import RunningNode
 from server.settings import PROJECT_ROOT
 from tests.harness import make_provider, start_sampled_node, wait_for_spans
+from tracing.errors import TelemetryConfigError
 from tracing.lean import LeanTracer, tracer_for
+from tracing.otel_env import read_otel_env
 from tracing.sampling import (
     RuleBasedSampler,
     SamplerConfig,
@@ -358,7 +359,7 @@ ratio = 0
     ("[traces]\nsampler = 1\n", "traces.sampler must be a table"),
 ])
 def test_bad_sampler_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
-    with pytest.raises(ConfigError, match=needle) as caught:
+    with pytest.raises(TelemetryConfigError, match=needle) as caught:
         load_tracing_config(_conf(tmp_path, text), environ={})
     assert str(tmp_path) in str(caught.value)  # and the file
 
@@ -384,12 +385,14 @@ def test_the_standard_variables_win_over_the_file(tmp_path: Path) -> None:
     assert description.startswith("ParentBased{root:TraceIdRatioBased{1.0}")
     # The ARG alone changes nothing (as in the SDK).
     assert load_tracing_config(path, environ={"OTEL_TRACES_SAMPLER_ARG": "0.5"}).sampler == file_only
-    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER 'sometimes' is not known"):
+    with pytest.raises(TelemetryConfigError, match="OTEL_TRACES_SAMPLER 'sometimes' is not known"):
         load_tracing_config(path, environ={"OTEL_TRACES_SAMPLER": "sometimes"})
-    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER_ARG must be a number"):
-        with_environment(file_only, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"})
-    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER_ARG must be a number"):
-        with_environment(file_only, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"})
+    with pytest.raises(TelemetryConfigError, match="OTEL_TRACES_SAMPLER_ARG must be a number"):
+        with_environment(file_only, read_otel_env({"OTEL_TRACES_SAMPLER": "traceidratio",
+                                                  "OTEL_TRACES_SAMPLER_ARG": "2"}))
+    with pytest.raises(TelemetryConfigError, match="OTEL_TRACES_SAMPLER_ARG must be a number"):
+        with_environment(file_only, read_otel_env({"OTEL_TRACES_SAMPLER": "traceidratio",
+                                                  "OTEL_TRACES_SAMPLER_ARG": "x"}))
 
 
 def test_configure_tracing_passes_the_sampler(tmp_path: Path) -> None:

@@ -41,4 +41,8 @@ def telemetry_report(telemetry: Telemetry | None, node_name: str) -> dict[str, A
             counters["last_error_age_s"] = round(time.time() - at, 1)
         report["export"] = counters
     report["logs"] = {"format": config.logs.format, "otlp_export": config.logs.otlp_export}
+    if telemetry.log_watch is not None:
+        watch = telemetry.log_watch
+        report["logs"]["export"] = {"failing": watch.failing, "failed_exports": watch.failed_exports,
+                                    "last_error": watch.last_error}
     return report

@@ -34,12 +34,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import DEFAULT_ON, Decision
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from tracing.sampling import RuleBasedSampler
+from tracing.sampling import fast_sampler
+from tracing.sdk_compat import active_span_processor, span_processors
 
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -67,9 +68,10 @@ def tracer_for(provider: trace.TracerProvider, name: str) -> trace.Tracer:
 class LeanTracer(trace.Tracer):
     def __init__(self, provider: SdkTracerProvider, name: str) -> None:
         # The SDK's own Tracer is built from these same parts of its provider.
-        self.processor: SpanProcessor = provider._active_span_processor
+        self.processor: SpanProcessor = active_span_processor(provider)
         self.resource = provider.resource
         self.sampler = provider.sampler
+        self.fast = fast_sampler(self.sampler)
         self.ids = provider.id_generator
         self.random_ids = type(self.ids) is RandomIdGenerator
         self.scope = InstrumentationScope(name)
@@ -80,7 +82,7 @@ class LeanTracer(trace.Tracer):
     def _dispatch(self) -> tuple[tuple[_OnStart, ...], tuple[_OnEnd, ...]]:
         """The processors' on_start (those that override it) and on_end, re-read
         whenever the provider's tuple of processors has been replaced (one is added)."""
-        processors = getattr(self.processor, "_span_processors", None)
+        processors = span_processors(self.processor)
         if processors is None:  # not the SDK's multi-processor: call it as it is
             return (self.processor.on_start,), (self.processor.on_end,)
         if processors is not self._seen:
@@ -102,14 +104,10 @@ class LeanTracer(trace.Tracer):
         trace_id = (parent.trace_id if parent is not None
                     else _random_id(128) if random_ids else self.ids.generate_trace_id())
         attrs = dict(attributes) if attributes else {}
-        if self.sampler is DEFAULT_ON:
-            # The default sampler's whole decision, without building a SamplingResult:
-            # follow the parent's sampled flag, sample roots.
-            sampled = recording = parent is None or parent.trace_flags.sampled
-            trace_state = parent.trace_state if parent is not None else None
-        elif type(self.sampler) is RuleBasedSampler:  # not a subclass that decides otherwise
-            # Ours: the same decision as its should_sample, without building a result.
-            sampled = recording = self.sampler.sampled(parent, trace_id, name, attributes)
+        fast = self.fast
+        if fast is not None:
+            # The SDK's default sampler or ours: its decision alone, without building a result.
+            sampled = recording = fast.sampled(parent, trace_id, name, attributes)
             trace_state = parent.trace_state if parent is not None else None
         else:
             decision = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)

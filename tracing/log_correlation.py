@@ -28,11 +28,10 @@ from typing import Any, TextIO
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry._logs import Logger, SeverityNumber
-from opentelemetry.sdk._logs import LoggerProvider
 
-from server.errors import ConfigError
 from tracing.config_tables import checked_table, flag
+from tracing.errors import TelemetryConfigError
+from tracing.sdk_compat import Logger, LoggerProvider, SeverityNumber
 
 FORMATS = ("text", "json")
 LOGS_KEYS = ("format", "otlp_export")
@@ -56,7 +55,7 @@ def parse_logs_table(table: Any, where: str = "") -> LogsConfig:
     table = checked_table(table, "logs", LOGS_KEYS, prefix)
     fmt = table.get("format", "text")
     if fmt not in FORMATS:
-        raise ConfigError(f"{prefix}logs.format must be \"text\" or \"json\" (got {fmt!r})")
+        raise TelemetryConfigError(f"{prefix}logs.format must be \"text\" or \"json\" (got {fmt!r})")
     return LogsConfig(format=fmt, otlp_export=flag(table, "logs", "otlp_export", False, prefix))
 
 
@@ -177,7 +176,7 @@ class JsonFormatter(logging.Formatter):
 
 def make_formatter(fmt: str) -> logging.Formatter:
     if fmt not in FORMATS:
-        raise ConfigError(f"logs.format must be \"text\" or \"json\" (got {fmt!r})")
+        raise TelemetryConfigError(f"logs.format must be \"text\" or \"json\" (got {fmt!r})")
     return JsonFormatter() if fmt == "json" else TextFormatter()
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,9 +26,17 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from prometheus_client import CollectorRegistry
 
-from server.errors import ConfigError
 from tracing.config_tables import checked_table, flag
-from tracing.export_health import SDK_EXPORTER_LOGGER, stop_retrying
+from tracing.errors import TelemetryConfigError
+from tracing.export_health import ExportWatch
+from tracing.otel_env import OtelEnv
+from tracing.sdk_compat import (
+    preferred_aggregation,
+    preferred_temporality,
+    reader_is_registered,
+    receive_metrics,
+    stop_retrying,
+)
 
 log = logging.getLogger("tracing.export")
 
@@ -51,74 +58,47 @@ def parse_metrics_table(table: Any, where: str = "") -> MetricsConfig:
     otlp = flag(table, "metrics", "otlp_export", True, prefix)
     interval = table.get("interval_s", 30.0)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
-        raise ConfigError(f"{prefix}metrics.interval_s must be a positive number (got {interval!r})")
+        raise TelemetryConfigError(f"{prefix}metrics.interval_s must be a positive number (got {interval!r})")
     return MetricsConfig(otlp, float(interval))
 
 
-def with_environment(cfg: MetricsConfig, env: Mapping[str, str]) -> MetricsConfig:
+def with_environment(cfg: MetricsConfig, otel: OtelEnv) -> MetricsConfig:
+    """OTEL_SDK_DISABLED, OTEL_METRICS_EXPORTER and OTEL_METRIC_EXPORT_INTERVAL over `[metrics]`."""
     otlp, interval = cfg.otlp_export, cfg.interval_s
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if otel.sdk_disabled:
         otlp = False
-    elif exporter := env.get("OTEL_METRICS_EXPORTER", "").strip().lower():
-        if exporter not in ("otlp", "none"):
-            raise ConfigError(f"OTEL_METRICS_EXPORTER {exporter!r}: use otlp or none "
-                              "(Prometheus is always served at GET /metrics)")
-        otlp = exporter == "otlp"
-    if raw := env.get("OTEL_METRIC_EXPORT_INTERVAL"):
-        try:
-            interval = int(raw) / 1000
-        except ValueError:
-            raise ConfigError(f"OTEL_METRIC_EXPORT_INTERVAL {raw!r}: milliseconds, an integer") from None
-        if interval <= 0:
-            raise ConfigError("OTEL_METRIC_EXPORT_INTERVAL must be positive")
+    elif otel.metrics_exporter is not None:
+        otlp = otel.metrics_exporter == "otlp"
+    if otel.metric_export_interval_ms is not None:
+        interval = otel.metric_export_interval_ms / 1000
     return MetricsConfig(otlp, interval)
 
 
-class _SwallowMetricRetries(logging.Filter):
-    """The SDK exporter's per-attempt warnings about metrics ("Transient error ...
-    exporting metrics ..."): the first failure is reported once by QuietMetricExporter.
-    The span exporter's own filter does the same for spans, but only while tracing is on."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (record.levelno >= logging.WARNING
-                    and (" metrics " in message or message == _ABORTED_RETRY))
-
-
-# What the SDK exporter logs when stop_retrying() cuts a retry short at shutdown.
-_ABORTED_RETRY = "Shutdown in progress, aborting retry."
-
-
 class QuietMetricExporter(MetricExporter):
-    """One warning when pushes start failing, one line when they recover."""
+    """One warning when pushes start failing, one line when they recover (ExportWatch)."""
 
     def __init__(self, inner: MetricExporter, endpoint: str) -> None:
-        super().__init__(preferred_temporality=inner._preferred_temporality,
-                         preferred_aggregation=inner._preferred_aggregation)
+        super().__init__(preferred_temporality=preferred_temporality(inner),
+                         preferred_aggregation=preferred_aggregation(inner))
         self.inner = inner
         self.endpoint = endpoint
-        self.failing = False
-        self._filter = _SwallowMetricRetries()
-        logging.getLogger(SDK_EXPORTER_LOGGER).addFilter(self._filter)
-        self.failures = 0
+        self.watch = ExportWatch(endpoint, problem="cannot push metrics to {endpoint} ({reason}); "
+                                                   "GET /metrics still serves them",
+                                 recovery="metric export to {endpoint} recovered")
+
+    @property
+    def failing(self) -> bool:
+        return self.watch.failing
+
+    @property
+    def failures(self) -> int:
+        return self.watch.failed_exports
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
                ) -> MetricExportResult:
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception as exc:  # an exporter bug must not kill the reader's thread
-            log.debug("metric export raised %r", exc)
-            result = MetricExportResult.FAILURE
-        if result is MetricExportResult.SUCCESS:
-            if self.failing:
-                self.failing = False
-                log.warning("metric export to %s recovered", self.endpoint)
-        else:
-            self.failures += 1
-            if not self.failing:
-                self.failing = True
-                log.warning("cannot push metrics to %s; GET /metrics still serves them", self.endpoint)
-        return result
+        ok = self.watch.call(lambda: self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+                             MetricExportResult.SUCCESS, 1)
+        return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self.inner.force_flush(timeout_millis)
@@ -128,18 +108,16 @@ class QuietMetricExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-        logging.getLogger(SDK_EXPORTER_LOGGER).removeFilter(self._filter)
 
 
 def make_otlp_metric_exporter(*, endpoint: str, compression: str, timeout_s: float,
-                              environ: Mapping[str, str]) -> QuietMetricExporter:
+                              headers: str | None = None) -> QuietMetricExporter:
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
     from tracing.otlp_exporter import grpc_compression
 
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or endpoint
     exporter = OTLPMetricExporter(endpoint=endpoint, compression=grpc_compression(compression),
-                                  timeout=timeout_s)
+                                  timeout=timeout_s, headers=headers)
     return QuietMetricExporter(exporter, endpoint)
 
 
@@ -166,7 +144,7 @@ class NodeMetricReader(PrometheusMetricReader):
         if self._push is not None and getattr(self._on_push_thread, "active", False):
             self._push.export(metrics_data, timeout_millis=timeout_millis)
         else:
-            super()._receive_metrics(metrics_data, timeout_millis, **kwargs)
+            receive_metrics(PrometheusMetricReader, self, metrics_data, timeout_millis, **kwargs)
 
     def _push_loop(self) -> None:
         self._on_push_thread.active = True
@@ -175,7 +153,7 @@ class NodeMetricReader(PrometheusMetricReader):
         self._push_once()  # the last figures, at shutdown
 
     def _push_once(self) -> None:
-        if self._collect is None:  # not registered with a provider (yet)
+        if not reader_is_registered(self):  # not registered with a provider (yet)
             return
         try:
             self.collect(timeout_millis=self._interval_s * 1000)

@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
+from tracing.sdk_compat import bounded_attributes_dict, span_fields, span_group
+
 _CACHE_LIMIT = 8192
 _HAS_IS_REMOTE = 0x100  # SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE = 0x200  # SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
@@ -128,7 +130,7 @@ class OtlpTraceEncoder:
         out = []
         # BoundedAttributes iterates through the Mapping ABC, a call per item;
         # its plain dict is read directly when it is there (the tests cover both).
-        items = attributes if type(attributes) is dict else getattr(attributes, "_dict", attributes)
+        items = attributes if type(attributes) is dict else bounded_attributes_dict(attributes)
         for key, value in items.items():
             if isinstance(value, (str, int, float, bool)):
                 cache_key = (tag, key, type(value), value)
@@ -168,29 +170,29 @@ class OtlpTraceEncoder:
         Reads ReadableSpan's fields directly: its properties copy events and
         links into tuples and wrap attributes in a proxy, per span, per export.
         """
-        ctx: SpanContext = span._context  # type: ignore[assignment]
+        ctx: SpanContext
+        (ctx, parent, attributes, name, kind, start_time, end_time, events, links,
+         status) = span_fields(span)
         parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"), b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
         if ctx.trace_state:
             parts.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode()))
-        parent = span._parent
         if parent:
             parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        attributes = span._attributes
-        parts += (_field(b"\x2a", span._name.encode("utf-8")), _KIND[span._kind],
-                  b"\x39", _pack_q(span._start_time or 0), b"\x41", _pack_q(span._end_time or 0),
+        parts += (_field(b"\x2a", name.encode("utf-8")), _KIND[kind],
+                  b"\x39", _pack_q(start_time or 0), b"\x41", _pack_q(end_time or 0),
                   self._span_attributes(attributes))
         # Plain dicts and lists (our lean spans) never drop anything.
         if type(attributes) is not dict and span.dropped_attributes:
             parts += (b"\x50", _varint(span.dropped_attributes))
-        for event in span._events:
+        for event in events:
             body = b"\x09" + _pack_q(event.timestamp) + _field(b"\x12", event.name.encode("utf-8"))
             body += self._attributes(b"\x1a", event.attributes)
             if event.dropped_attributes:
                 body += b"\x20" + _varint(event.dropped_attributes)
             parts.append(_field(b"\x5a", body))
-        if type(span._events) is not list and span.dropped_events:
+        if type(events) is not list and span.dropped_events:
             parts += (b"\x60", _varint(span.dropped_events))
-        for link in span._links:
+        for link in links:
             lc = link.context
             body = b"\x0a\x10" + lc.trace_id.to_bytes(16, "big") + b"\x12\x08" + lc.span_id.to_bytes(8, "big")
             body += self._attributes(b"\x22", link.attributes)
@@ -198,9 +200,8 @@ class OtlpTraceEncoder:
                 body += b"\x28" + _varint(link.dropped_attributes)
             body += b"\x35" + _pack_i(_HAS_IS_REMOTE | (_IS_REMOTE if lc.is_remote else 0))
             parts.append(_field(b"\x6a", body))
-        if type(span._links) is not list and span.dropped_links:
+        if type(links) is not list and span.dropped_links:
             parts += (b"\x70", _varint(span.dropped_links))
-        status = span._status
         if status.status_code is StatusCode.UNSET and not status.description:
             parts.append(_EMPTY_STATUS)
         else:
@@ -223,8 +224,9 @@ class OtlpTraceEncoder:
         scope: InstrumentationScope | None = None
         parts: list[bytes] = []
         for span in spans:
-            if span._resource is not resource or span._instrumentation_scope is not scope or not groups:
-                resource, scope = span._resource, span._instrumentation_scope
+            span_resource, span_scope = span_group(span)
+            if span_resource is not resource or span_scope is not scope or not groups:
+                resource, scope = span_resource, span_scope
                 for r, sc, p in groups:
                     if (r is resource or r == resource) and (sc is scope or sc == scope):
                         parts = p

@@ -26,6 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 
 from tracing.otlp_encoding import OtlpTraceEncoder
+from tracing.sdk_compat import exporter_channel, set_exporter_client
 
 EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -56,7 +57,7 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
 
     def _initialize_channel_and_stub(self) -> None:
         super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
-        self._client = _RawTraceService(self._channel)  # type: ignore[assignment]
+        set_exporter_client(self, _RawTraceService(exporter_channel(self)))
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> bytes:  # type: ignore[override]
         return self._encoder.encode(data)

@@ -55,17 +55,17 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
-from server.errors import ConfigError
 from tracing import spans as S
 from tracing.config_tables import checked_table
+from tracing.errors import TelemetryConfigError
+from tracing.otel_env import SAMPLERS, OtelEnv
 
 RULE_KEYS = ("name", "route", "path", "ratio")
 MATCHER_KEYS = ("name", "route", "path")
 SAMPLER_KEYS = ("default_ratio", "rules")
 
-# The SDK's names for OTEL_TRACES_SAMPLER; the ratio ones take OTEL_TRACES_SAMPLER_ARG.
-ENV_SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
-                "parentbased_always_off", "parentbased_traceidratio")
+# The SDK's names for OTEL_TRACES_SAMPLER (the ratio ones take OTEL_TRACES_SAMPLER_ARG), and ours.
+ENV_SAMPLERS = SAMPLERS
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
 _HTTP_NAME = re.compile(r"^[A-Z]+ /")
@@ -116,77 +116,68 @@ class SamplerConfig:
 
 def _ratio(value: Any, key: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where}{key} must be a number from 0.0 to 1.0 (got {value!r})")
+        raise TelemetryConfigError(f"{where}{key} must be a number from 0.0 to 1.0 (got {value!r})")
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{where}{key} must be from 0.0 to 1.0 (got {value!r})")
+        raise TelemetryConfigError(f"{where}{key} must be from 0.0 to 1.0 (got {value!r})")
     return float(value)
 
 
 def _rule(table: Any, key: str, where: str) -> SamplingRule:
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}{key} must be a table (a [[traces.sampler.rules]] entry)")
+        raise TelemetryConfigError(f"{where}{key} must be a table (a [[traces.sampler.rules]] entry)")
     for k in table:
         if k not in RULE_KEYS:
-            raise ConfigError(f"{where}unknown key {key}.{k} (a rule has {', '.join(RULE_KEYS)})")
+            raise TelemetryConfigError(f"{where}unknown key {key}.{k} (a rule has {', '.join(RULE_KEYS)})")
     if "ratio" not in table:
-        raise ConfigError(f"{where}{key}.ratio is missing")
+        raise TelemetryConfigError(f"{where}{key}.ratio is missing")
     matchers: dict[str, str] = {}
     for k in MATCHER_KEYS:
         if k in table:
             value = table[k]
             if not isinstance(value, str) or not value:
-                raise ConfigError(f"{where}{key}.{k} must be a non-empty string (got {value!r})")
+                raise TelemetryConfigError(f"{where}{key}.{k} must be a non-empty string (got {value!r})")
             matchers[k] = value
     if not matchers:
-        raise ConfigError(f"{where}{key} has no matcher: give it name, route or path")
+        raise TelemetryConfigError(f"{where}{key} has no matcher: give it name, route or path")
     if "name" in matchers and _HTTP_NAME.match(matchers["name"]):
-        raise ConfigError(
+        raise TelemetryConfigError(
             f"{where}{key}.name {matchers['name']!r}: an HTTP span starts named by its method alone "
             f"(its route is known only after sampling); match it with route or path instead")
     for k in ("route", "path"):
         if k in matchers and not matchers[k].startswith("/"):
-            raise ConfigError(f"{where}{key}.{k} must start with / (got {matchers[k]!r})")
+            raise TelemetryConfigError(f"{where}{key}.{k} must start with / (got {matchers[k]!r})")
     return SamplingRule(ratio=_ratio(table["ratio"], f"{key}.ratio", where), **matchers)
 
 
 def parse_sampler_table(table: Any, where: str = "") -> SamplerConfig:
     """`[traces.sampler]` as loaded from TOML; `where` prefixes messages (the file's name).
 
-    Raises ConfigError naming the offending key.
+    Raises TelemetryConfigError naming the offending key.
     """
     prefix = f"{where}: " if where else ""
     table = checked_table(table, "traces.sampler", SAMPLER_KEYS, prefix)
     default_ratio = _ratio(table.get("default_ratio", 1.0), "traces.sampler.default_ratio", prefix)
     rules = table.get("rules", [])
     if not isinstance(rules, list):
-        raise ConfigError(f"{prefix}traces.sampler.rules must be an array of tables "
+        raise TelemetryConfigError(f"{prefix}traces.sampler.rules must be an array of tables "
                           "([[traces.sampler.rules]])")
     return SamplerConfig(default_ratio=default_ratio,
                          rules=tuple(_rule(r, f"traces.sampler.rules[{i}]", prefix)
                                      for i, r in enumerate(rules)))
 
 
-def with_environment(cfg: SamplerConfig, env: Mapping[str, str]) -> SamplerConfig:
-    """Add OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, which win over the file's rules."""
-    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-    if not name:
-        return cfg  # OTEL_TRACES_SAMPLER_ARG alone means nothing (as in the SDK)
-    if name not in ENV_SAMPLERS:
-        raise ConfigError(f"OTEL_TRACES_SAMPLER {name!r} is not known (use one of {', '.join(ENV_SAMPLERS)})")
-    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or None
-    if name.endswith("traceidratio") and arg is not None:
-        try:
-            rate = float(arg)
-        except ValueError:
-            rate = -1.0
-        if not 0.0 <= rate <= 1.0:
-            raise ConfigError(f"OTEL_TRACES_SAMPLER_ARG must be a number from 0.0 to 1.0 (got {arg!r})")
-    return SamplerConfig(default_ratio=cfg.default_ratio, rules=cfg.rules, env_sampler=name, env_arg=arg)
+def with_environment(cfg: SamplerConfig, otel: OtelEnv) -> SamplerConfig:
+    """Add OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (checked by tracing/otel_env.py),
+    which win over the file's rules."""
+    if otel.sampler is None:
+        return cfg
+    return SamplerConfig(default_ratio=cfg.default_ratio, rules=cfg.rules, env_sampler=otel.sampler,
+                         env_arg=otel.sampler_arg)
 
 
 def build_sampler(cfg: SamplerConfig) -> Sampler:
     """The sampler to give the TracerProvider."""
-    if cfg.env_sampler is not None:
+    if cfg.env_sampler is not None and cfg.env_sampler != ENTRY_POINT_NAME:
         rate = float(cfg.env_arg) if cfg.env_arg is not None else 1.0
         fixed: dict[str, Sampler] = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF,
                                      "parentbased_always_on": DEFAULT_ON,
@@ -289,7 +280,9 @@ class RuleBasedSampler(Sampler):
 
     def sampled(self, parent: SpanContext | None, trace_id: int, name: str,
                 attributes: Attributes) -> bool:
-        """The decision alone, for tracing/lean.py (no SamplingResult, no attribute copy)."""
+        """The decision alone (the one place it is made; tracing/lean.py calls it directly,
+        without a SamplingResult or an attribute copy): a span with a parent follows the
+        parent's sampled flag, a root takes its rule's ratio."""
         if parent is not None:
             return bool(parent.trace_flags.sampled)
         bound = self._default_bound
@@ -304,19 +297,15 @@ class RuleBasedSampler(Sampler):
         kind: SpanKind | None = None, attributes: Attributes = None,
         links: Sequence[Link] | None = None, trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        parent = get_current_span(parent_context).get_span_context()
-        if parent.is_valid:
-            if parent.trace_flags.sampled:
-                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, parent.trace_state)
-            return SamplingResult(Decision.DROP, None, parent.trace_state)
-        bound = self._default_bound
-        for compiled in self._compiled:
-            if compiled.matches(name, attributes):
-                bound = compiled.bound
-                break
-        if trace_id & _TRACE_ID_LIMIT < bound:
+        parent: SpanContext | None = get_current_span(parent_context).get_span_context()
+        if parent is not None and not parent.is_valid:
+            parent = None
+        if self.sampled(parent, trace_id, name, attributes):
             # The attributes go back: the SDK's own Tracer builds the span from them.
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, None)
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes,
+                                  parent.trace_state if parent is not None else None)
+        if parent is not None:
+            return SamplingResult(Decision.DROP, None, parent.trace_state)
         return _DROP
 
     def get_description(self) -> str:
@@ -332,3 +321,43 @@ class RuleBasedSampler(Sampler):
             "rules": [rule.as_dict() for rule in self.rules],
             "description": self.get_description(),
         }
+
+
+# The SDK's default sampler (parent-based, always on) decides as a rule-less RuleBasedSampler.
+_DEFAULT_RULES = RuleBasedSampler(1.0)
+
+
+def fast_sampler(sampler: Sampler) -> RuleBasedSampler | None:
+    """The RuleBasedSampler deciding exactly as `sampler`, when there is one: ours (not a
+    subclass, which may decide otherwise), or the SDK's DEFAULT_ON. tracing/lean.py then
+    calls its `sampled` without building a SamplingResult."""
+    if sampler is DEFAULT_ON:
+        return _DEFAULT_RULES
+    if type(sampler) is RuleBasedSampler:
+        return sampler
+    return None
+
+
+# -- the entry point ---------------------------------------------------------------
+
+ENTRY_POINT_NAME = "webserver_rules"
+DEFAULT_CONFIG_PATH = "conf/opentelemetry.toml"
+
+
+def rules_sampler_factory(arg: str | float | None = None) -> Sampler:
+    """The `opentelemetry_traces_sampler` entry point `webserver_rules` (pyproject.toml):
+    OTEL_TRACES_SAMPLER=webserver_rules makes any SDK setup (`opentelemetry-instrument`
+    included) sample by `[traces.sampler]` of the file OTEL_TRACES_SAMPLER_ARG names
+    (conf/opentelemetry.toml when unset). Raises TelemetryConfigError on a bad file."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(str(arg) if arg else DEFAULT_CONFIG_PATH)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TelemetryConfigError(f"OTEL_TRACES_SAMPLER_ARG: cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TelemetryConfigError(f"{path} is not valid TOML: {exc}") from None
+    table = data.get("traces", {}).get("sampler", {}) if isinstance(data.get("traces"), dict) else {}
+    return RuleBasedSampler.from_config(parse_sampler_table(table, str(path)))

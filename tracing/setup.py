@@ -10,7 +10,6 @@ the logs' format and OTLP export (`[logs]`, tracing/log_correlation.py).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import tomllib
 from collections.abc import Mapping
@@ -18,8 +17,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -28,23 +25,33 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import NoOpTracerProvider
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
-from server.errors import ConfigError
+from tracing.errors import TelemetryConfigError
 from tracing.export_health import (
     CountingBatchSpanProcessor,
     ExportHealth,
+    ExportWatch,
     HealthReportingExporter,
+    HealthReportingLogExporter,
     stop_retrying,
 )
 from tracing.log_correlation import LogsConfig, OtlpLogHandler, parse_logs_table, set_log_identity
 from tracing.metrics import MetricsHandle, make_meter_provider
 from tracing.metrics_export import MetricsConfig, make_otlp_metric_exporter, parse_metrics_table
 from tracing.metrics_export import with_environment as metrics_with_environment
+from tracing.otel_env import OtelEnv, OtlpSignal, read_otel_env
 from tracing.sampling import (
     SamplerConfig,
     build_sampler,
     describe_sampler,
     parse_sampler_table,
     with_environment,
+)
+from tracing.sdk_compat import (
+    BatchLogRecordProcessor,
+    LoggerProvider,
+    LogRecordExporter,
+    otlp_log_exporter_class,
+    set_logger_provider,
 )
 
 log = logging.getLogger(__name__)
@@ -74,40 +81,36 @@ class TracingConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    otel: OtelEnv = field(default_factory=OtelEnv)  # the OTEL_* variables it was built with
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _first(env: Mapping[str, str], *names: str) -> str | None:
-    for name in names:
-        if env.get(name):
-            return env[name]
-    return None
-
-
 def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = None) -> TracingConfig:
-    env = os.environ if environ is None else environ
+    """conf/opentelemetry.toml, then the OTEL_* variables over it (read by tracing/otel_env.py,
+    from `environ`, os.environ when None). Raises TelemetryConfigError naming the key or variable."""
+    otel = read_otel_env(environ)
     p = Path(path)
     data: dict[str, Any] = {}
     if p.exists():
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+            raise TelemetryConfigError(f"{p} is not valid TOML: {exc}") from None
     for table, allowed in (("resource", _FILE_KEYS["resource"]), ("traces", _FILE_KEYS["traces"])):
         section = data.get(table, {})
         for key in section:
             if key not in allowed:
-                raise ConfigError(f"{p}: unknown key {table}.{key}")
+                raise TelemetryConfigError(f"{p}: unknown key {table}.{key}")
     for key in data:
         if key not in ("resource", "traces", "logs", "metrics"):
-            raise ConfigError(f"{p}: unknown table [{key}]")
+            raise TelemetryConfigError(f"{p}: unknown table [{key}]")
     traces = dict(data.get("traces", {}))
     batch = traces.pop("batch", {})
     for key in batch:
         if key not in _FILE_KEYS["traces.batch"]:
-            raise ConfigError(f"{p}: unknown key traces.batch.{key}")
+            raise TelemetryConfigError(f"{p}: unknown key traces.batch.{key}")
     values: dict[str, Any] = {**traces, **batch}
     values["sampler"] = parse_sampler_table(traces.get("sampler", {}), str(p))
     values["logs"] = parse_logs_table(data.get("logs", {}), str(p))
@@ -115,66 +118,70 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
     if "service_name" in data.get("resource", {}):
         values["service_name"] = data["resource"]["service_name"]
     cfg = TracingConfig(**values)
+    if cfg.protocol != "grpc":
+        raise TelemetryConfigError(f"{p}: traces.protocol {cfg.protocol!r} is not supported (use 'grpc')")
 
     # The standard variables win over the file.
-    overrides: dict[str, Any] = {}
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or env.get("OTEL_TRACES_EXPORTER") == "none":
+    overrides: dict[str, Any] = {"otel": otel}
+    if otel.sdk_disabled or otel.traces_exporter == "none":
         overrides["enabled"] = False
-    if name := env.get("OTEL_SERVICE_NAME"):
-        overrides["service_name"] = name
-    if endpoint := _first(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-        overrides["endpoint"] = endpoint
-    if comp := _first(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-        overrides["compression"] = comp
-    if timeout := _first(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"):
-        overrides["timeout_s"] = float(timeout)
-    for var, key in (("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_size"),
-                     ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_ms"),
-                     ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_export_batch_size"),
-                     ("OTEL_BSP_EXPORT_TIMEOUT", "export_timeout_ms")):
-        if env.get(var):
-            overrides[key] = int(env[var])
+    if otel.service_name is not None:
+        overrides["service_name"] = otel.service_name
+    traces_env = otel.traces
+    if traces_env.endpoint is not None:
+        overrides["endpoint"] = traces_env.endpoint
+    if traces_env.protocol is not None:
+        overrides["protocol"] = traces_env.protocol
+    if traces_env.compression is not None:
+        overrides["compression"] = traces_env.compression
+    if traces_env.timeout_s is not None:
+        overrides["timeout_s"] = traces_env.timeout_s
+    overrides.update(otel.bsp)
     # OTEL_TRACES_SAMPLER (and its _ARG), when set, wins over [traces.sampler].
-    overrides["sampler"] = with_environment(cfg.sampler, env)
-    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    overrides["sampler"] = with_environment(cfg.sampler, otel)
+    if otel.sdk_disabled:
         overrides["logs"] = replace(cfg.logs, otlp_export=False)
-    elif logs_exporter := env.get("OTEL_LOGS_EXPORTER", "").strip().lower():
-        if logs_exporter not in ("otlp", "none"):
-            raise ConfigError(f"OTEL_LOGS_EXPORTER {logs_exporter!r}: use otlp or none")
-        overrides["logs"] = replace(cfg.logs, otlp_export=logs_exporter == "otlp")
-    overrides["metrics"] = metrics_with_environment(cfg.metrics, env)
+    elif otel.logs_exporter is not None:
+        overrides["logs"] = replace(cfg.logs, otlp_export=otel.logs_exporter == "otlp")
+    overrides["metrics"] = metrics_with_environment(cfg.metrics, otel)
     cfg = replace(cfg, **overrides)
     if cfg.max_export_batch_size > cfg.max_queue_size:
-        raise ConfigError(f"traces.batch: max_export_batch_size ({cfg.max_export_batch_size}) must not "
-                          f"exceed max_queue_size ({cfg.max_queue_size})")
-    if cfg.protocol != "grpc":
-        raise ConfigError(f"{p}: traces.protocol {cfg.protocol!r} is not supported (use 'grpc')")
+        raise TelemetryConfigError(
+            f"traces.batch: max_export_batch_size ({cfg.max_export_batch_size}) must not "
+            f"exceed max_queue_size ({cfg.max_queue_size})")
     if cfg.compression not in ("gzip", "deflate", "none"):
-        raise ConfigError(f"traces.compression {cfg.compression!r}: use gzip, deflate or none")
+        raise TelemetryConfigError(f"traces.compression {cfg.compression!r}: use gzip, deflate or none")
     return cfg
 
 
 def make_resource(cfg: TracingConfig, node_name: str) -> Resource:
-    # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES.
-    return Resource.create({"service.name": cfg.service_name, "service.instance.id": node_name})
+    # Resource.create merges the process's OTEL_RESOURCE_ATTRIBUTES itself; the checked
+    # ones are given too, so an `environ` passed to load_tracing_config counts as well.
+    return Resource.create({**cfg.otel.resource_attributes, "service.name": cfg.service_name,
+                            "service.instance.id": node_name})
 
 
 def make_otlp_exporter(cfg: TracingConfig) -> SpanExporter:
     from tracing.otlp_exporter import FastOTLPSpanExporter, grpc_compression
 
     return FastOTLPSpanExporter(endpoint=cfg.endpoint, compression=grpc_compression(cfg.compression),
-                                timeout=cfg.timeout_s)
+                                timeout=cfg.timeout_s, headers=cfg.otel.traces.headers)
 
 
-def make_otlp_log_exporter(cfg: TracingConfig, environ: Mapping[str, str] | None = None) -> LogRecordExporter:
+def _signal_settings(cfg: TracingConfig, signal: OtlpSignal) -> tuple[str, str, float]:
+    """A signal's endpoint, compression and timeout: its own OTEL_EXPORTER_OTLP_<SIGNAL>_* when
+    set, else the traces' (the file's [traces] and the general variables)."""
+    return (signal.endpoint or cfg.endpoint, signal.compression or cfg.compression,
+            signal.timeout_s or cfg.timeout_s)
+
+
+def make_otlp_log_exporter(cfg: TracingConfig) -> LogRecordExporter:
     """OTLP gRPC logs to the traces' endpoint (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, when set, wins)."""
-    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
     from tracing.otlp_exporter import grpc_compression
 
-    env = os.environ if environ is None else environ
-    return OTLPLogExporter(endpoint=env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") or cfg.endpoint,
-                           compression=grpc_compression(cfg.compression), timeout=cfg.timeout_s)
+    endpoint, compression, timeout_s = _signal_settings(cfg, cfg.otel.logs)
+    return otlp_log_exporter_class()(endpoint=endpoint, compression=grpc_compression(compression),  # type: ignore[call-arg]
+                                     timeout=timeout_s, headers=cfg.otel.logs.headers)
 
 
 class Telemetry:
@@ -185,7 +192,7 @@ class Telemetry:
                  log_provider: LoggerProvider | None = None,
                  log_handler: logging.Handler | None = None,
                  metrics: MetricsHandle | None = None,
-                 exporters: tuple[object, ...] = ()) -> None:
+                 exporters: tuple[object, ...] = (), log_watch: ExportWatch | None = None) -> None:
         self.provider = provider
         self.config = config
         self.health = health
@@ -194,6 +201,7 @@ class Telemetry:
         self.log_handler = log_handler
         self.metrics = metrics  # the node's meter provider (Prometheus reader + OTLP push)
         self.exporters = exporters  # span and log exporters, told at shutdown not to retry
+        self.log_watch = log_watch  # the OTLP log export's health, when logs are exported
 
     def describe_sampling(self) -> dict[str, Any]:
         """The effective sampler as data, and where it came from."""
@@ -243,54 +251,88 @@ class Telemetry:
 
 def configure_logs_export(cfg: TracingConfig, resource: Resource, *,
                           exporter: LogRecordExporter | None = None,
-                          environ: Mapping[str, str] | None = None) -> tuple[LoggerProvider, logging.Handler]:
+                          ) -> tuple[LoggerProvider, logging.Handler, HealthReportingLogExporter]:
     """A LoggerProvider exporting through a BatchLogRecordProcessor (its own thread), and
     a handler on the root logger feeding it every record."""
     log_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-    log_provider.add_log_record_processor(BatchLogRecordProcessor(
-        exporter if exporter is not None else make_otlp_log_exporter(cfg, environ)))
+    endpoint = _signal_settings(cfg, cfg.otel.logs)[0]
+    watched = HealthReportingLogExporter(exporter if exporter is not None else make_otlp_log_exporter(cfg),
+                                         endpoint)
+    log_provider.add_log_record_processor(BatchLogRecordProcessor(watched))
     handler = OtlpLogHandler(log_provider)
     logging.getLogger().addHandler(handler)
-    return log_provider, handler
+    return log_provider, handler, watched
+
+
+_global_providers: list[str] = []  # who set the process's global providers (once per process)
+
+
+def set_global_providers(telemetry: Telemetry, node_name: str) -> bool:
+    """Make the node's providers the process's global ones (trace, metrics, logs), so
+    third-party instrumentations and `opentelemetry-instrument` join its pipeline. Once per
+    process: a second node in the same process keeps its own (False)."""
+    if _global_providers:
+        log.debug("global OpenTelemetry providers already set by node %s", _global_providers[0])
+        return False
+    _global_providers.append(node_name)
+    from opentelemetry import metrics, trace
+
+    if isinstance(telemetry.provider, TracerProvider):
+        trace.set_tracer_provider(telemetry.provider)
+    if telemetry.metrics is not None:
+        metrics.set_meter_provider(telemetry.metrics.provider)
+    if telemetry.log_provider is not None:
+        set_logger_provider(telemetry.log_provider)
+    return True
 
 
 def configure_tracing(
     config_path: str | Path, node_name: str, *, exporter: SpanExporter | None = None,
     environ: Mapping[str, str] | None = None, log_exporter: LogRecordExporter | None = None,
+    set_global: bool = False,
 ) -> Telemetry:
     """Build the node's tracer provider. `exporter` replaces OTLP (tests, benchmarks), and
-    `log_exporter` the OTLP log exporter when `[logs] otlp_export` is on.
+    `log_exporter` the OTLP log exporter when `[logs] otlp_export` is on. `set_global`
+    (the server's entry points; never tests, which inject their providers) also makes them
+    the process's global providers (set_global_providers).
 
     Log records carry this node's name and the service name from here on.
     """
     cfg = load_tracing_config(config_path, environ)
     set_log_identity(service=cfg.service_name, node=node_name)
     resource = make_resource(cfg, node_name)
-    if cfg.logs.otlp_export and log_exporter is None:
-        log_exporter = make_otlp_log_exporter(cfg, environ)
-    log_provider, log_handler = (
-        configure_logs_export(cfg, resource, exporter=log_exporter, environ=environ)
-        if cfg.logs.otlp_export else (None, None))
-    log_exporters = (log_exporter,) if cfg.logs.otlp_export else ()
+    log_provider: LoggerProvider | None = None
+    log_handler: logging.Handler | None = None
+    log_watch: ExportWatch | None = None
+    log_exporters: tuple[object, ...] = ()
+    if cfg.logs.otlp_export:
+        log_provider, log_handler, watched = configure_logs_export(cfg, resource, exporter=log_exporter)
+        log_watch, log_exporters = watched.watch, (watched.inner,)
     # Metrics do not depend on traces being on (OTEL_TRACES_EXPORTER=none keeps them).
-    env = os.environ if environ is None else environ
-    push = (make_otlp_metric_exporter(endpoint=cfg.endpoint, compression=cfg.compression,
-                                      timeout_s=cfg.timeout_s, environ=env)
-            if cfg.metrics.otlp_export else None)
+    push = None
+    if cfg.metrics.otlp_export:
+        endpoint, compression, timeout_s = _signal_settings(cfg, cfg.otel.metrics)
+        push = make_otlp_metric_exporter(endpoint=endpoint, compression=compression, timeout_s=timeout_s,
+                                         headers=cfg.otel.metrics.headers)
     metrics = make_meter_provider(resource, push=push, push_interval_s=cfg.metrics.interval_s)
     if not cfg.enabled:
-        return Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler,
-                         metrics=metrics, exporters=log_exporters)
-    health = ExportHealth(cfg.endpoint)
-    sampler = build_sampler(cfg.sampler)
-    provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
-    inner = exporter if exporter is not None else make_otlp_exporter(cfg)
-    provider.add_span_processor(CountingBatchSpanProcessor(
-        HealthReportingExporter(inner, health), health,
-        max_queue_size=cfg.max_queue_size,
-        schedule_delay_millis=cfg.schedule_delay_ms,
-        max_export_batch_size=cfg.max_export_batch_size,
-        export_timeout_millis=cfg.export_timeout_ms,
-    ))
-    return Telemetry(provider, cfg, health, sampler=sampler, log_provider=log_provider,
-                     log_handler=log_handler, metrics=metrics, exporters=(inner, *log_exporters))
+        telemetry = Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler,
+                              metrics=metrics, exporters=log_exporters, log_watch=log_watch)
+    else:
+        health = ExportHealth(cfg.endpoint)
+        sampler = build_sampler(cfg.sampler)
+        provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+        inner = exporter if exporter is not None else make_otlp_exporter(cfg)
+        provider.add_span_processor(CountingBatchSpanProcessor(
+            HealthReportingExporter(inner, health), health,
+            max_queue_size=cfg.max_queue_size,
+            schedule_delay_millis=cfg.schedule_delay_ms,
+            max_export_batch_size=cfg.max_export_batch_size,
+            export_timeout_millis=cfg.export_timeout_ms,
+        ))
+        telemetry = Telemetry(provider, cfg, health, sampler=sampler, log_provider=log_provider,
+                              log_handler=log_handler, metrics=metrics, exporters=(inner, *log_exporters),
+                              log_watch=log_watch)
+    if set_global:
+        set_global_providers(telemetry, node_name)
+    return telemetry
