@@ -17,10 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, StatusCode
-from opentelemetry.trace import Status as SpanStatus
 from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
@@ -46,7 +43,7 @@ from server.cluster.protocol import REPLY, Message
 from server.cluster.transport import PreAuthStream, TcpTransport, Transport, remote_address
 from server.settings import Settings
 from tracing import propagation
-from tracing import spans as S
+from tracing.cluster import end_link_span, link_span, record_failed_handshake
 from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -203,7 +200,7 @@ class Mesh:
             return None
         except handshake.WrongProof as exc:
             log.warning("cluster: %s at %s failed authentication (wrong cluster secret?)", exc.peer, address)
-            self._record_failed_handshake(address, exc, SpanKind.CLIENT)
+            record_failed_handshake(self.tracer, node=self.name, where=address, exc=exc, dialer=True)
             await ws.aclose(CLOSE_AUTH_FAILED, "authentication failed")
             raise
         except auth.FrameTooBig as exc:
@@ -238,7 +235,7 @@ class Mesh:
             reason = str(exc) or ("handshake timed out" if isinstance(exc, trio.TooSlowError)
                                   else type(exc).__name__)
             log.warning("cluster: refused a peer link from %s: %s", remote, reason)
-            self._record_failed_handshake(remote, exc, SpanKind.SERVER)
+            record_failed_handshake(self.tracer, node=self.name, where=remote, exc=exc, dialer=False)
             close = ((exc.close_code, str(exc)) if isinstance(exc, auth.FrameTooBig)
                      else (CLOSE_AUTH_FAILED, "authentication failed"))
             with trio.move_on_after(1):
@@ -266,11 +263,7 @@ class Mesh:
                 return
             existing.close(CLOSE_DUPLICATE, "duplicate link")
         self.links[peer] = link
-        span = self.tracer.start_span(
-            S.CLUSTER_LINK, context=otel_context.Context(),
-            kind=SpanKind.CLIENT if dialer == self.name else SpanKind.SERVER,
-            attributes={S.CLUSTER_NODE: self.name, S.CLUSTER_PEER: peer, S.CLUSTER_PEER_ADDRESS: address,
-                        S.CLUSTER_DIALER: dialer})
+        span = link_span(self.tracer, node=self.name, peer=peer, address=address, dialer=dialer)
         if peer in self._linked_before and self.metrics is not None:
             self.metrics.link_reconnects.add(1)
         self._linked_before.add(peer)
@@ -285,26 +278,9 @@ class Mesh:
             if self.links.get(peer) is link:
                 del self.links[peer]
             self._wake_dialer.set()
-            self._end_link_span(span, link)
-
-    def _record_failed_handshake(self, where: str, exc: BaseException, kind: SpanKind) -> None:
-        """A refused or failed handshake: a short span of its own with the error recorded."""
-        span = self.tracer.start_span(S.CLUSTER_HANDSHAKE, context=otel_context.Context(), kind=kind,
-                                      attributes={S.CLUSTER_NODE: self.name, S.CLUSTER_PEER_ADDRESS: where})
-        S.fail(span, exc)
-        span.end()
-
-    @staticmethod
-    def _end_link_span(span: trace.Span, link: PeerLink) -> None:
-        """A link ending for a failure (not a shutdown or a duplicate) is an error of the link."""
-        code, reason, closed_by = link.close_info()
-        span.set_attributes({S.CLUSTER_CLOSE_CODE: code, S.CLUSTER_CLOSE_REASON: S.clip(reason),
-                             S.CLUSTER_CLOSED_BY: closed_by})
-        if code not in (1000, CLOSE_GOING_AWAY, CLOSE_DUPLICATE):
-            span.add_event(S.CLUSTER_LINK_FAILED, {S.CLUSTER_CLOSE_CODE: code,
-                                                    S.EXCEPTION_MESSAGE: S.clip(reason)})
-            span.set_status(SpanStatus(StatusCode.ERROR, f"link closed {code}: {reason}"[:200]))
-        span.end()
+            code, reason, closed_by = link.close_info()
+            end_link_span(span, code=code, reason=reason, closed_by=closed_by,
+                          normal=code in (1000, CLOSE_GOING_AWAY, CLOSE_DUPLICATE))
 
     def _count_out(self, message: Message) -> None:
         # Requests and one-way messages, like the incoming side (replies are not dispatched).
