@@ -125,9 +125,10 @@ def _ratio(value: Any, key: str, where: str) -> float:
 def _rule(table: Any, key: str, where: str) -> SamplingRule:
     if not isinstance(table, Mapping):
         raise TelemetryConfigError(f"{where}{key} must be a table (a [[traces.sampler.rules]] entry)")
-    for k in table:
-        if k not in RULE_KEYS:
-            raise TelemetryConfigError(f"{where}unknown key {key}.{k} (a rule has {', '.join(RULE_KEYS)})")
+    try:
+        checked_table(table, key, RULE_KEYS, where)
+    except TelemetryConfigError as exc:
+        raise TelemetryConfigError(f"{exc} (a rule has {', '.join(RULE_KEYS)})") from None
     if "ratio" not in table:
         raise TelemetryConfigError(f"{where}{key}.ratio is missing")
     matchers: dict[str, str] = {}

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 from opentelemetry.trace import NoOpTracerProvider
 from opentelemetry.trace import TracerProvider as ApiTracerProvider
 
+from tracing.config_tables import checked_table
 from tracing.errors import TelemetryConfigError
 from tracing.export_health import (
     CountingBatchSpanProcessor,
@@ -98,19 +99,13 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise TelemetryConfigError(f"{p} is not valid TOML: {exc}") from None
-    for table, allowed in (("resource", _FILE_KEYS["resource"]), ("traces", _FILE_KEYS["traces"])):
-        section = data.get(table, {})
-        for key in section:
-            if key not in allowed:
-                raise TelemetryConfigError(f"{p}: unknown key {table}.{key}")
     for key in data:
         if key not in ("resource", "traces", "logs", "metrics"):
             raise TelemetryConfigError(f"{p}: unknown table [{key}]")
-    traces = dict(data.get("traces", {}))
-    batch = traces.pop("batch", {})
-    for key in batch:
-        if key not in _FILE_KEYS["traces.batch"]:
-            raise TelemetryConfigError(f"{p}: unknown key traces.batch.{key}")
+    prefix = f"{p}: "
+    checked_table(data.get("resource", {}), "resource", _FILE_KEYS["resource"], prefix)
+    traces = dict(checked_table(data.get("traces", {}), "traces", _FILE_KEYS["traces"], prefix))
+    batch = checked_table(traces.pop("batch", {}), "traces.batch", _FILE_KEYS["traces.batch"], prefix)
     values: dict[str, Any] = {**traces, **batch}
     values["sampler"] = parse_sampler_table(traces.get("sampler", {}), str(p))
     values["logs"] = parse_logs_table(data.get("logs", {}), str(p))
