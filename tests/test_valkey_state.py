@@ -95,4 +95,4 @@ def test_malformed_payloads_and_own_messages_are_ignored() -> None:
     chat._on_pubsub(chat.keys.presence_channel, '{"node":"n2","event":"dance"}')
     chat._on_pubsub(chat.keys.presence_channel,
                     '{"node":"me","room":"r","conn":"c","user":"u","event":"join"}')
-    assert sink.events == [] and chat.remote == {}
+    assert sink.events == [] and chat.remote.nodes == {}

@@ -18,8 +18,10 @@ messages.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from server.chat.presence import Event, RemotePresence
 from server.chat.rooms import ChatMessage
 from server.cluster.links import LinkError
 from server.cluster.protocol import Message
@@ -34,7 +36,6 @@ CHAT_MESSAGE = "chat.message"
 CHAT_PRESENCE = "chat.presence"
 CHAT_MEMBERS = "chat.members"  # snapshot of a node's local rooms
 CHAT_HISTORY = "chat.history"
-MAX_REMOTE_MEMBERS = 100_000  # per peer: a misbehaving peer cannot grow this without bound
 
 
 class ClusterChat:
@@ -44,8 +45,7 @@ class ClusterChat:
         self.hub: ChatSink = _NoSink()
         self.mesh = mesh
         self.history_timeout = history_timeout
-        # node -> room -> connection id -> username
-        self.remote: dict[str, dict[str, dict[str, str]]] = {}
+        self.remote = RemotePresence()
         mesh.on(CHAT_MESSAGE, self._on_message)
         mesh.on(CHAT_PRESENCE, self._on_presence)
         mesh.on(CHAT_MEMBERS, self._on_members)
@@ -58,25 +58,14 @@ class ClusterChat:
 
     def remote_targets(self, room: str) -> dict[str, int]:
         """Remote nodes (with a live link) that have members in room, and how many."""
-        out = {}
-        for node, rooms in self.remote.items():
-            members = rooms.get(room)
-            if members and node in self.mesh.links:
-                out[node] = len(members)
-        return out
+        return self.remote.targets(room, self.mesh.links)
 
     def remote_members(self, room: str) -> list[dict[str, str]]:
-        return [{"user": user, "node": node} for node, rooms in sorted(self.remote.items())
-                for user in rooms.get(room, {}).values()]
+        return self.remote.members(room)
 
     def remote_rooms(self) -> dict[str, int]:
         """Remote member count per room."""
-        counts: dict[str, int] = {}
-        for rooms in self.remote.values():
-            for room, members in rooms.items():
-                if members:
-                    counts[room] = counts.get(room, 0) + len(members)
-        return counts
+        return self.remote.rooms()
 
     def forward(self, message: ChatMessage, targets: dict[str, int]) -> list[str]:
         """Once to each node with members; runs in the broadcaster inside chat.broadcast,
@@ -115,41 +104,17 @@ class ClusterChat:
         if not all(isinstance(v, str) for v in fields) or fields[3] not in ("join", "leave"):
             raise ValueError("chat.presence: room, conn, user and event are required")
         room, conn, user, event = (str(v) for v in fields)
-        rooms = self.remote.setdefault(peer, {})
-        members = rooms.setdefault(room, {})
-        if event == "join":
-            if sum(len(m) for m in rooms.values()) >= MAX_REMOTE_MEMBERS:
-                return
-            members[conn] = user
-        elif members.pop(conn, None) is None:
-            return
-        if not members:
-            rooms.pop(room, None)
-        self.hub.remote_presence(room, user, peer, event)
+        self._announce([self.remote.apply(peer, room, conn, user, event)])
 
     def _on_members(self, peer: str, message: Message) -> None:
         raw = message.body.get("rooms")
         if not isinstance(raw, dict):
             raise ValueError("chat.members: rooms must be an object")
         fresh: dict[str, dict[str, str]] = {}
-        total = 0
         for room, members in raw.items():
-            if not isinstance(members, dict):
-                continue
-            kept = {c: u for c, u in members.items() if isinstance(c, str) and isinstance(u, str)}
-            total += len(kept)
-            if kept and total <= MAX_REMOTE_MEMBERS:
-                fresh[room] = kept
-        old = self.remote.get(peer, {})
-        self.remote[peer] = fresh
-        for room, members in fresh.items():
-            for conn, user in members.items():
-                if conn not in old.get(room, {}):
-                    self.hub.remote_presence(room, user, peer, "join")
-        for room, members in old.items():
-            for conn, user in members.items():
-                if conn not in fresh.get(room, {}):
-                    self.hub.remote_presence(room, user, peer, "leave")
+            if isinstance(room, str) and isinstance(members, dict):
+                fresh[room] = {c: u for c, u in members.items() if isinstance(c, str) and isinstance(u, str)}
+        self._announce(self.remote.replace(peer, fresh))
 
     def _on_history(self, peer: str, message: Message) -> dict[str, Any]:
         room = message.body.get("room")
@@ -161,9 +126,12 @@ class ClusterChat:
         if event == "up":
             self.mesh.send(peer, CHAT_MEMBERS, {"rooms": self.hub.local_rooms_snapshot()})
         else:  # down or removed: its members are gone as far as anyone here can tell
-            for room, members in self.remote.pop(peer, {}).items():
-                for user in members.values():
-                    self.hub.remote_presence(room, user, peer, "leave")
+            self._announce(self.remote.forget(peer))
+
+    def _announce(self, events: Sequence[Event | None]) -> None:
+        for event in events:
+            if event is not None:
+                self.hub.remote_presence(*event)
 
 
 class _NoSink:

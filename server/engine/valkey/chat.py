@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ import coredis.exceptions as redis_errors
 import trio
 from opentelemetry import context as otel_context
 
+from server.chat.presence import Event, RemotePresence
 from server.chat.rooms import ChatMessage
 from server.engine.base import ChatSink
 from server.engine.valkey.client import Client, ValkeyClient
@@ -41,7 +43,6 @@ from tracing import propagation
 
 log = logging.getLogger(__name__)
 
-MAX_REMOTE_MEMBERS = 100_000  # per node: a misbehaving node cannot grow this without bound
 QUEUE_SIZE = 4096
 
 
@@ -64,8 +65,7 @@ class ValkeyChat:
         self.history_size = history_size
         self.presence_ttl_ms = presence_ttl_ms
         self.sink: ChatSink | None = None
-        # node -> room -> connection id -> username
-        self.remote: dict[str, dict[str, dict[str, str]]] = {}
+        self.remote = RemotePresence()
         self.local_counts: dict[str, int] = {}  # room -> local members
         self.lost = 0  # messages and presence changes that could not be sent
         self._send, self._receive = trio.open_memory_channel[_Outgoing](QUEUE_SIZE)
@@ -81,19 +81,13 @@ class ValkeyChat:
         self.sink = sink
 
     def remote_targets(self, room: str) -> dict[str, int]:
-        return {node: len(rooms[room]) for node, rooms in self.remote.items() if rooms.get(room)}
+        return self.remote.targets(room)
 
     def remote_members(self, room: str) -> list[dict[str, str]]:
-        return [{"user": user, "node": node} for node, rooms in sorted(self.remote.items())
-                for user in rooms.get(room, {}).values()]
+        return self.remote.members(room)
 
     def remote_rooms(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for rooms in self.remote.values():
-            for room, members in rooms.items():
-                if members:
-                    counts[room] = counts.get(room, 0) + len(members)
-        return counts
+        return self.remote.rooms()
 
     def forward(self, message: ChatMessage, targets: dict[str, int]) -> list[str]:
         # Always queued: the history lives in Valkey even when nobody else listens.
@@ -250,21 +244,12 @@ class ValkeyChat:
         node, room, conn, user, event = (str(v) for v in fields)
         if node != self.node_name:
             self._changed_at[(node, conn)] = trio.current_time()
-            self._apply(node, room, conn, user, event)
+            self._announce([self.remote.apply(node, room, conn, user, event)])
 
-    def _apply(self, node: str, room: str, conn: str, user: str, event: str) -> None:
-        rooms = self.remote.setdefault(node, {})
-        members = rooms.setdefault(room, {})
-        if event == "join":
-            if conn in members or sum(len(m) for m in rooms.values()) >= MAX_REMOTE_MEMBERS:
-                return
-            members[conn] = user
-        elif members.pop(conn, None) is None:
-            return
-        if not members:
-            rooms.pop(room, None)
-        if self.sink is not None:
-            self.sink.remote_presence(room, user, node, event)
+    def _announce(self, events: Sequence[Event | None]) -> None:
+        for event in events:
+            if event is not None and self.sink is not None:
+                self.sink.remote_presence(*event)
 
     # -- the heartbeat's share ---------------------------------------------------------
     async def restore_presence(self) -> None:
@@ -296,22 +281,11 @@ class ValkeyChat:
             parsed = split_presence_field(field)
             if parsed is not None:
                 fresh.setdefault(parsed[0], {})[parsed[1]] = user
-        old = self.remote.get(node, {})
-        for room, members in list(old.items()):
-            for conn, user in list(members.items()):
-                if conn not in fresh.get(room, {}) and conn not in newer:
-                    self._apply(node, room, conn, user, "leave")
-        for room, members in fresh.items():
-            for conn, user in members.items():
-                if conn not in old.get(room, {}) and conn not in newer:
-                    self._apply(node, room, conn, user, "join")
+        self._announce(self.remote.replace(node, fresh, keep=newer))
 
     def forget_node(self, node: str) -> None:
         """A node is down: its members leave."""
-        for room, members in list(self.remote.get(node, {}).items()):
-            for conn, user in list(members.items()):
-                self._apply(node, room, conn, user, "leave")
-        self.remote.pop(node, None)
+        self._announce(self.remote.forget(node))
 
 
 def _dumps(obj: Any) -> str:
