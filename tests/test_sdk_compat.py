@@ -3,6 +3,7 @@ so an SDK upgrade that moves one fails here first, naming it."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from typing import Any
@@ -101,3 +102,6 @@ def test_the_private_log_modules() -> None:
     assert issubclass(exporter_class, C.LogRecordExporter)
     assert all(map(callable, (C.LoggingHandler, C.BatchLogRecordProcessor, C.LoggerProvider,
                               C.set_logger_provider)))
+    # bench/log_handler.py's stripping processor (the SDK handler measured as ours behaves).
+    assert issubclass(C.BatchLogRecordProcessor, C.LogRecordProcessor)
+    assert "log_record" in {f.name for f in dataclasses.fields(C.ReadWriteLogRecord)}

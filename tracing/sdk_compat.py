@@ -17,7 +17,7 @@ from typing import Any
 
 # Private modules: the SDK's logs signal is still under `_logs`, in the API and the SDK.
 from opentelemetry._logs import Logger, SeverityNumber, set_logger_provider
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler, LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
 
@@ -33,9 +33,11 @@ __all__ = [
     "BatchLogRecordProcessor",
     "LogRecordExportResult",
     "LogRecordExporter",
+    "LogRecordProcessor",
     "Logger",
     "LoggerProvider",
     "LoggingHandler",
+    "ReadWriteLogRecord",
     "SeverityNumber",
     "active_span_processor",
     "batch_queue",
