@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.announce import LISTENING
-
 _PR_SET_PDEATHSIG = 1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
+# Every server child (nodes, the naive baselines, the OTLP sink) ends its ready line so.
+_URL = re.compile(r"listening on (http://\S+)")
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def server(module: str, cpu: int | None, env: Mapping[str, str], *, name: str | 
         argv = pinned(cpu, [sys.executable, "-m", module, *args])
     child = Child(argv, env, name or module)
     try:
-        url = child.wait_for_line(LISTENING).group(2)
+        url = child.wait_for_line(_URL).group(1)
         if cpu is not None and os.sched_getaffinity(child.pid) != {cpu}:
             raise RuntimeError(f"{child.name} is not pinned to CPU {cpu}")
         yield child, url
