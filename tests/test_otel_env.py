@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tracing import setup as tracing_setup
 from tracing.errors import TelemetryConfigError
-from tracing.export_health import ExportWatch, HealthReportingLogExporter
-from tracing.otel_env import read_otel_env
+from tracing.export_health import (
+    ExportHealth,
+    ExportWatch,
+    HealthReportingExporter,
+    HealthReportingLogExporter,
+)
+from tracing.otel_env import OtelEnv, parse_headers, read_otel_env
 from tracing.sampling import RuleBasedSampler, build_sampler, rules_sampler_factory
 from tracing.sdk_compat import SDK_EXPORTER_LOGGER, LogRecordExporter, LogRecordExportResult
 from tracing.setup import configure_tracing, load_tracing_config
@@ -28,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
     ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER"),
     ({"OTEL_METRICS_EXPORTER": "prometheus"}, "OTEL_METRICS_EXPORTER"),
     ({"OTEL_LOGS_EXPORTER": "console"}, "OTEL_LOGS_EXPORTER"),
-    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
-    ({"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "http/protobuf"}, "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"),
     ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+      "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http"}, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
     ({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
     ({"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
     ({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"}, "OTEL_EXPORTER_OTLP_HEADERS"),
@@ -144,3 +150,134 @@ def test_log_export_is_watched_too(caplog: pytest.LogCaptureFixture) -> None:
     assert exporter.export([]) is LogRecordExportResult.FAILURE
     assert exporter.watch.failing and "RuntimeError('boom')" in (exporter.watch.last_error or "")
     assert any("cannot export logs" in r.getMessage() for r in caplog.records)
+
+
+# -- OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf ----------------------------------------
+
+def test_the_protocol_is_general_or_per_signal() -> None:
+    otel = read_otel_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "HTTP/protobuf",
+                          "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc"})
+    assert (otel.traces.protocol, otel.metrics.protocol, otel.logs.protocol) == (
+        "http/protobuf", "http/protobuf", "grpc")
+    otel = read_otel_env({"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"})
+    assert (otel.traces.protocol, otel.metrics.protocol, otel.logs.protocol) == (None, "http/protobuf", None)
+
+
+def test_an_unsupported_protocol_is_refused_naming_its_variable() -> None:
+    with pytest.raises(TelemetryConfigError, match=r"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL 'http/json': "
+                                                   r"use grpc or http/protobuf"):
+        read_otel_env({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"})
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    # No endpoint: the specification's default, with the signal's path.
+    ({}, ("http://localhost:4318/v1/traces", "http://localhost:4318/v1/metrics",
+          "http://localhost:4318/v1/logs")),
+    # The general endpoint is a base URL: each signal's path is appended (one slash).
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+     ("http://c:4318/v1/traces", "http://c:4318/v1/metrics", "http://c:4318/v1/logs")),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318/otlp/"},
+     ("https://c:4318/otlp/v1/traces", "https://c:4318/otlp/v1/metrics", "https://c:4318/otlp/v1/logs")),
+    # A per-signal endpoint is used as it is, whatever its path (none, or another).
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+      "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:4318",
+      "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://l:9/ingest/logs"},
+     ("http://t:4318", "http://c:4318/v1/metrics", "http://l:9/ingest/logs")),
+])
+def test_the_http_endpoint_follows_the_specification(env: dict[str, str],
+                                                     expected: tuple[str, str, str]) -> None:
+    otel = read_otel_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", **env})
+    assert (otel.traces.http_endpoint, otel.metrics.http_endpoint, otel.logs.http_endpoint) == expected
+    # The gRPC endpoint is what it always was (the per-signal variable, else the general one).
+    assert otel.traces.endpoint == env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                                           env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    unread = OtelEnv()  # the defaults, without the environment
+    assert unread.metrics.http_endpoint == "http://localhost:4318/v1/metrics"
+
+
+def test_headers_parse_into_a_dict() -> None:
+    assert parse_headers(None) is None
+    assert parse_headers("Api-Key=s3cret, x-tenant=a%20b") == {"api-key": "s3cret", "x-tenant": "a b"}
+
+
+def test_http_protobuf_builds_the_sdks_http_exporters(tmp_path: Path) -> None:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from tracing.metrics_export import make_otlp_metric_exporter
+
+    conf = tmp_path / "otel.toml"
+    conf.write_text('[traces]\nendpoint = "http://file:4317"\n')
+    cfg = load_tracing_config(conf, environ={
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cret", "OTEL_EXPORTER_OTLP_TIMEOUT": "3",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION": "none"})
+    # The traces' URL (shown by /debug/telemetry and in the export warning) is the HTTP one.
+    assert (cfg.protocol, cfg.endpoint, cfg.compression) == (
+        "http/protobuf", "http://c:4318/v1/traces", "gzip")
+    spans = tracing_setup.make_otlp_exporter(cfg)
+    assert isinstance(spans, OTLPSpanExporter)
+    assert (spans._endpoint, spans._compression.value, spans._client._timeout) == (
+        "http://c:4318/v1/traces", Compression.Gzip.value, 3.0)
+    assert spans._client._headers["api-key"] == "s3cret"
+    assert spans._client._headers["Content-Encoding"] == "gzip"
+    logs = tracing_setup.make_otlp_log_exporter(cfg)
+    assert isinstance(logs, OTLPLogExporter) and logs._endpoint == "http://c:4318/v1/logs"
+
+    protocol, endpoint, compression, timeout_s = tracing_setup._signal_settings(cfg, cfg.otel.metrics,
+                                                                                "metrics")
+    assert (protocol, endpoint, compression, timeout_s) == ("http/protobuf", "http://c:4318/v1/metrics",
+                                                            "none", 3.0)
+    quiet = make_otlp_metric_exporter(endpoint=endpoint, compression=compression, timeout_s=timeout_s,
+                                      headers=cfg.otel.metrics.headers, protocol=protocol)
+    assert isinstance(quiet.inner, OTLPMetricExporter) and quiet.endpoint == "http://c:4318/v1/metrics"
+    assert "Content-Encoding" not in quiet.inner._client._headers
+    for exporter in (spans, logs, quiet):
+        exporter.shutdown()
+
+
+def test_a_per_signal_protocol_changes_that_signal_only(tmp_path: Path) -> None:
+    from tracing.otlp_exporter import FastOTLPSpanExporter
+
+    conf = tmp_path / "otel.toml"
+    conf.write_text('[traces]\nendpoint = "http://file:4317"\n')
+    cfg = load_tracing_config(conf, environ={"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"})
+    assert (cfg.protocol, cfg.endpoint) == ("grpc", "http://file:4317")
+    assert tracing_setup._signal_settings(cfg, cfg.otel.metrics, "metrics")[:2] == (
+        "http/protobuf", "http://localhost:4318/v1/metrics")
+    assert tracing_setup._signal_settings(cfg, cfg.otel.logs, "logs")[:2] == ("grpc", "http://file:4317")
+    exporter = tracing_setup.make_otlp_exporter(cfg)
+    assert isinstance(exporter, FastOTLPSpanExporter)
+    exporter.shutdown()
+    # Traces over HTTP: a signal left on gRPC does not follow them to their HTTP URL.
+    cfg = load_tracing_config(conf, environ={"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"})
+    assert cfg.endpoint == "http://localhost:4318/v1/traces"
+    assert tracing_setup._signal_settings(cfg, cfg.otel.logs, "logs")[:2] == ("grpc", "http://localhost:4317")
+
+
+def test_a_dead_http_collector_costs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The SDK's OTLP/HTTP exporter logs each failed attempt from its own logger: the
+    watch holds those back, as for gRPC, and reports the first failure once."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+
+    from server.ports import free_port
+    from tracing.sdk_compat import stop_retrying
+
+    caplog.set_level(logging.DEBUG)
+    endpoint = f"http://127.0.0.1:{free_port()}/v1/traces"
+    inner = OTLPSpanExporter(endpoint=endpoint, timeout=1)
+    exporter = HealthReportingExporter(inner, ExportHealth(endpoint))
+    span = TracerProvider(shutdown_on_exit=False).get_tracer("t").start_span("s")
+    span.end()
+    assert isinstance(span, ReadableSpan)
+    stop_retrying(inner)  # one attempt per export
+    for _ in range(3):
+        assert exporter.export([span]) is not SpanExportResult.SUCCESS
+    exporter.shutdown()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cannot export spans" in warnings[0], warnings
+    assert endpoint in warnings[0]
+    assert exporter.health.failed_exports == 3

@@ -105,3 +105,24 @@ def test_the_private_log_modules() -> None:
     # bench/log_handler.py's stripping processor (the SDK handler measured as ours behaves).
     assert issubclass(C.BatchLogRecordProcessor, C.LogRecordProcessor)
     assert "log_record" in {f.name for f in dataclasses.fields(C.ReadWriteLogRecord)}
+
+
+@pytest.mark.parametrize("module", ["opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                                    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                                    C.LOG_HTTP_EXPORTER_MODULE])
+def test_otlp_http_exporter_internals(module: str) -> None:
+    """The OTLP/HTTP exporters retry in their client, on whose event stop_retrying cuts the
+    backoff short; they log from their own module's logger, one we hold back."""
+    name = {"trace_exporter": "OTLPSpanExporter", "metric_exporter": "OTLPMetricExporter",
+            "_log_exporter": "OTLPLogExporter"}[module.rpartition(".")[2]]
+    exporter_class: Any = getattr(importlib.import_module(module), name)
+    if module == C.LOG_HTTP_EXPORTER_MODULE:
+        assert exporter_class is C.otlp_http_log_exporter_class()
+        assert issubclass(exporter_class, C.LogRecordExporter)
+    exporter = exporter_class(endpoint="http://127.0.0.1:9/v1/x")
+    event = getattr(exporter._client, C.HTTP_CLIENT_SHUTDOWN_EVENT)
+    assert not event.is_set()
+    C.stop_retrying(exporter)
+    assert event.is_set()
+    assert module in C.SDK_LOGGERS
+    exporter.shutdown()

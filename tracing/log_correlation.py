@@ -11,8 +11,9 @@ them, pytest's included):
 
 The text format appends ` trace_id=... span_id=...` to lines logged inside a
 span; the JSON format writes one object per line. `[logs] otlp_export = true`
-also sends every record over OTLP gRPC (`OtlpLogHandler`, a BatchLogRecordProcessor
-whose exporter runs on its own thread) to the traces' endpoint.
+also sends every record over OTLP (`OtlpLogHandler`, a BatchLogRecordProcessor
+whose exporter runs on its own thread) to the traces' endpoint: gRPC, or HTTP with
+OTEL_EXPORTER_OTLP_[LOGS_]PROTOCOL=http/protobuf.
 
 Why our own handler and not the SDK's `LoggingHandler` (issue 12, opentelemetry-sdk
 1.45.2, `python -m bench.log_handler`: 20k records, median of 9 interleaved runs,
@@ -34,7 +35,8 @@ Why our own handler and not the SDK's `LoggingHandler` (issue 12, opentelemetry-
 - Its flush() starts a thread running the provider's force_flush (30 s default)
   on every call, logging.shutdown's included; ours leaves flushing, with its bound,
   to Telemetry.shutdown. It also needs a filter to keep the exporters' own records
-  (`opentelemetry.*`, `grpc.*`) out of the queue, which ours does itself.
+  (`opentelemetry.*`, `grpc.*`; `urllib3.*`, `requests.*` over HTTP) out of the queue,
+  which ours does itself.
 """
 
 from __future__ import annotations
@@ -212,8 +214,9 @@ def make_stream_handler(fmt: str = "text", stream: TextIO | None = None) -> logg
 # -- OTLP export -------------------------------------------------------------------
 
 # Records from the exporters themselves never go out through them (a collector
-# that is down would otherwise feed its own warnings back into the queue).
-_NOT_EXPORTED = ("opentelemetry", "grpc")
+# that is down would otherwise feed its own warnings back into the queue, and at
+# debug level every OTLP/HTTP post would log a line of urllib3's to export next).
+_NOT_EXPORTED = ("opentelemetry", "grpc", "urllib3", "requests")
 _SKIPPED_ATTRIBUTES = _STANDARD | {"trace_id", "span_id", "trace_sampled"}
 
 

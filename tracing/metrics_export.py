@@ -11,7 +11,8 @@ Prometheus reader beside an OTLP periodic reader, because the SDK aggregates
 every measurement (and offers its exemplar) once per reader: a second reader
 doubled the metrics' share of each request (~5% of HTTP throughput, bench/).
 Like spans, a dead collector costs one warning (and one line when it recovers),
-not one per push. OTLP gets cumulative temporality, as Prometheus needs.
+not one per push. OTLP gets cumulative temporality, as Prometheus needs. The push
+goes over gRPC, or OTLP/HTTP with OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL=http/protobuf.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from tracing.config_tables import checked_table, flag
 from tracing.errors import TelemetryConfigError
 from tracing.export_health import ExportWatch
-from tracing.otel_env import OtelEnv
+from tracing.otel_env import GRPC, HTTP_PROTOBUF, OtelEnv, parse_headers
 from tracing.sdk_compat import (
     preferred_aggregation,
     preferred_temporality,
@@ -111,13 +112,24 @@ class QuietMetricExporter(MetricExporter):
 
 
 def make_otlp_metric_exporter(*, endpoint: str, compression: str, timeout_s: float,
-                              headers: str | None = None) -> QuietMetricExporter:
-    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+                              headers: str | None = None, protocol: str = GRPC) -> QuietMetricExporter:
+    """The SDK's OTLP metric exporter for `protocol` (grpc, or http/protobuf: `endpoint` is then
+    the full URL, .../v1/metrics), watched by QuietMetricExporter."""
+    from tracing.otlp_exporter import grpc_compression, http_compression
 
-    from tracing.otlp_exporter import grpc_compression
+    exporter: MetricExporter
+    if protocol == HTTP_PROTOBUF:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as HttpMetricExporter,
+        )
 
-    exporter = OTLPMetricExporter(endpoint=endpoint, compression=grpc_compression(compression),
-                                  timeout=timeout_s, headers=headers)
+        exporter = HttpMetricExporter(endpoint=endpoint, compression=http_compression(compression),
+                                      timeout=timeout_s, headers=parse_headers(headers))
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        exporter = OTLPMetricExporter(endpoint=endpoint, compression=grpc_compression(compression),
+                                      timeout=timeout_s, headers=headers)
     return QuietMetricExporter(exporter, endpoint)
 
 

@@ -11,6 +11,13 @@ general ones (`OTEL_EXPORTER_OTLP_ENDPOINT`, ...); `OtelEnv.traces`, `.metrics`
 and `.logs` hold the result for each signal. OTEL_EXPORTER_OTLP_CERTIFICATE and
 OTEL_EXPORTER_OTLP_INSECURE are checked here and left to the SDK exporters, which
 read them (TLS credentials) as they always have.
+
+`OTEL_EXPORTER_OTLP_PROTOCOL` (and `..._{TRACES,METRICS,LOGS}_PROTOCOL`) is `grpc`
+(the default) or `http/protobuf`. For OTLP/HTTP a signal posts to the URL the
+specification gives, `OtlpSignal.http_endpoint`: its own
+`OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT` as it is, else `OTEL_EXPORTER_OTLP_ENDPOINT`
+(default `http://localhost:4318`) with `/v1/traces`, `/v1/metrics` or `/v1/logs`
+appended.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from tracing.errors import TelemetryConfigError
 T = TypeVar("T")
 SIGNALS = ("traces", "metrics", "logs")
 EXPORTERS = ("otlp", "none")
-PROTOCOLS = ("grpc",)
+GRPC = "grpc"
+HTTP_PROTOBUF = "http/protobuf"
+PROTOCOLS = (GRPC, HTTP_PROTOBUF)
+HTTP_DEFAULT_ENDPOINT = "http://localhost:4318"
 COMPRESSIONS = ("gzip", "deflate", "none")
 # The SDK's names for OTEL_TRACES_SAMPLER, and ours (an entry point, tracing/sampling.py).
 SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
@@ -39,11 +49,25 @@ BSP = {"max_queue_size": "OTEL_BSP_MAX_QUEUE_SIZE", "schedule_delay_ms": "OTEL_B
 class OtlpSignal:
     """One signal's OTLP settings from the environment (None: not set)."""
 
-    endpoint: str | None = None
+    endpoint: str | None = None  # the signal's own variable, else the general one (gRPC)
     protocol: str | None = None
     headers: str | None = None
     compression: str | None = None
     timeout_s: float | None = None
+    http_endpoint: str | None = None  # where OTLP/HTTP posts this signal (module docstring)
+
+
+def otlp_http_url(base: str, signal: str) -> str:
+    """The general endpoint `base` with the signal's path appended (`/v1/traces`, ...)."""
+    return f"{base.rstrip('/')}/v1/{signal}"
+
+
+def parse_headers(text: str | None) -> dict[str, str] | None:
+    """`key=value,...` (OTEL_EXPORTER_OTLP_HEADERS, %-decoded) as a dict: keys lower-cased,
+    as the SDK's gRPC exporters parse the same text. None when not set."""
+    if text is None:
+        return None
+    return {key.lower(): value for key, value in _parse_pairs(text, "OTEL_EXPORTER_OTLP_HEADERS").items()}
 
 
 @dataclass(frozen=True)
@@ -54,9 +78,9 @@ class OtelEnv:
     traces_exporter: str | None = None
     metrics_exporter: str | None = None
     logs_exporter: str | None = None
-    traces: OtlpSignal = OtlpSignal()
-    metrics: OtlpSignal = OtlpSignal()
-    logs: OtlpSignal = OtlpSignal()
+    traces: OtlpSignal = OtlpSignal(http_endpoint=otlp_http_url(HTTP_DEFAULT_ENDPOINT, "traces"))
+    metrics: OtlpSignal = OtlpSignal(http_endpoint=otlp_http_url(HTTP_DEFAULT_ENDPOINT, "metrics"))
+    logs: OtlpSignal = OtlpSignal(http_endpoint=otlp_http_url(HTTP_DEFAULT_ENDPOINT, "logs"))
     certificate: str | None = None
     insecure: bool | None = None
     sampler: str | None = None
@@ -100,11 +124,13 @@ def _positive_int(env: Mapping[str, str], name: str) -> int | None:
 
 def _pairs(env: Mapping[str, str], name: str) -> dict[str, str] | None:
     """`key=value,key=value` (OTEL_RESOURCE_ATTRIBUTES, the headers); values may be %-encoded."""
+    raw = _get(env, name)
+    return None if raw is None else _parse_pairs(raw, name)
+
+
+def _parse_pairs(raw: str, name: str) -> dict[str, str]:
     from urllib.parse import unquote
 
-    raw = _get(env, name)
-    if raw is None:
-        return None
     out: dict[str, str] = {}
     for item in raw.split(","):
         if not item.strip():
@@ -117,13 +143,6 @@ def _pairs(env: Mapping[str, str], name: str) -> dict[str, str] | None:
 
 
 def _protocol(env: Mapping[str, str], name: str) -> str | None:
-    value = _get(env, name)
-    if value is None:
-        return None
-    if value.lower() == "http/protobuf":
-        raise TelemetryConfigError(
-            f"{name} 'http/protobuf' is not supported: this node exports OTLP over gRPC only "
-            "(unset it, or set it to grpc and point the endpoint at the collector's gRPC port, 4317)")
     return _choice(env, name, PROTOCOLS)
 
 
@@ -157,7 +176,10 @@ def _first(env: Mapping[str, str], signal: str, suffix: str,
 
 
 def _signal(env: Mapping[str, str], signal: str) -> OtlpSignal:
-    return OtlpSignal(endpoint=_first(env, signal, "ENDPOINT", _get),
+    own = _get(env, f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    http_endpoint = own if own is not None else otlp_http_url(
+        _get(env, "OTEL_EXPORTER_OTLP_ENDPOINT") or HTTP_DEFAULT_ENDPOINT, signal)
+    return OtlpSignal(endpoint=_first(env, signal, "ENDPOINT", _get), http_endpoint=http_endpoint,
                       protocol=_first(env, signal, "PROTOCOL", _protocol),
                       headers=_first(env, signal, "HEADERS", _headers),
                       compression=_first(env, signal, "COMPRESSION", _compression),

@@ -46,6 +46,15 @@ def grpc_compression(name: str) -> Compression:
             "none": Compression.NoCompression}[name]
 
 
+def http_compression(name: str) -> Any:
+    """The SDK OTLP/HTTP exporters' Compression for the same value (imported here, on first use,
+    so a node exporting over gRPC never loads the HTTP exporter and `requests`)."""
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+
+    return {"gzip": HttpCompression.Gzip, "deflate": HttpCompression.Deflate,
+            "none": HttpCompression.NoCompression}[name]
+
+
 def _identity(request: bytes) -> bytes:
     return request
 

@@ -23,11 +23,14 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
 
 __all__ = [
     "BOUNDED_ATTRIBUTES_DICT",
+    "HTTP_CLIENT_SHUTDOWN_EVENT",
     "LOG_EXPORTER_MODULE",
+    "LOG_HTTP_EXPORTER_MODULE",
     "OTLP_EXPORTER_HOOKS",
     "READABLE_SPAN_FIELDS",
     "RECEIVE_METRICS_HOOK",
     "SDK_EXPORTER_LOGGER",
+    "SDK_HTTP_EXPORTER_LOGGERS",
     "SDK_LOGGERS",
     "SHARED_INTERNAL_LOGGER",
     "BatchLogRecordProcessor",
@@ -44,6 +47,7 @@ __all__ = [
     "bounded_attributes_dict",
     "exporter_channel",
     "is_shut_down",
+    "otlp_http_log_exporter_class",
     "otlp_log_exporter_class",
     "preferred_aggregation",
     "preferred_temporality",
@@ -108,11 +112,16 @@ is_shut_down = attrgetter("_shutdown")
 # -- OTLP exporters --------------------------------------------------------------------
 
 # The SDK's OTLP gRPC exporters (spans, metrics, logs) all log from this logger, and the
-# batch processors (spans, logs) from the second.
+# batch processors (spans, logs) from the second. Its OTLP/HTTP exporters log from their
+# own modules' loggers (the third group).
 SDK_EXPORTER_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
 SHARED_INTERNAL_LOGGER = "opentelemetry.sdk._shared_internal"
-SDK_LOGGERS = (SDK_EXPORTER_LOGGER, SHARED_INTERNAL_LOGGER)
 LOG_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.grpc._log_exporter"
+LOG_HTTP_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.http._log_exporter"
+SDK_HTTP_EXPORTER_LOGGERS = ("opentelemetry.exporter.otlp.proto.http.trace_exporter",
+                             "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+                             LOG_HTTP_EXPORTER_MODULE)
+SDK_LOGGERS = (SDK_EXPORTER_LOGGER, SHARED_INTERNAL_LOGGER, *SDK_HTTP_EXPORTER_LOGGERS)
 
 
 def otlp_log_exporter_class() -> type[LogRecordExporter]:
@@ -122,11 +131,26 @@ def otlp_log_exporter_class() -> type[LogRecordExporter]:
     return OTLPLogExporter
 
 
+# The OTLP/HTTP exporters retry in their client (`_client`, opentelemetry-exporter-otlp-common's
+# _OTLPHTTPClient), whose backoff waits on this event.
+HTTP_CLIENT_SHUTDOWN_EVENT = "_shutdown_event"
+
+
+def otlp_http_log_exporter_class() -> type[LogRecordExporter]:
+    """The OTLP/HTTP log exporter (a private module of the HTTP exporter package), imported on
+    first use (it loads `requests`)."""
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    return OTLPLogExporter
+
+
 def stop_retrying(exporter: object) -> None:
-    """Make an SDK OTLP exporter's next failed export its last attempt (it backs off and
-    retries until its own timeout otherwise). The SDK sets the same event itself, but only
+    """Make an SDK OTLP exporter's (gRPC or HTTP) next failed export its last attempt (it backs
+    off and retries until its own timeout otherwise). The SDK sets the same event itself, but only
     once the exporter is shut down, after the final flush."""
-    event = getattr(exporter, "_shutdown_in_progress", None)
+    event = getattr(exporter, "_shutdown_in_progress", None)  # gRPC: the exporter's own
+    if event is None:  # HTTP: the retry loop is its OTLP client's (exporter._client)
+        event = getattr(getattr(exporter, "_client", None), HTTP_CLIENT_SHUTDOWN_EVENT, None)
     if event is not None:
         event.set()
 

@@ -39,7 +39,16 @@ from tracing.log_correlation import LogsConfig, OtlpLogHandler, parse_logs_table
 from tracing.metrics import MetricsHandle, make_meter_provider
 from tracing.metrics_export import MetricsConfig, make_otlp_metric_exporter, parse_metrics_table
 from tracing.metrics_export import with_environment as metrics_with_environment
-from tracing.otel_env import OtelEnv, OtlpSignal, read_otel_env
+from tracing.otel_env import (
+    GRPC,
+    HTTP_DEFAULT_ENDPOINT,
+    HTTP_PROTOBUF,
+    OtelEnv,
+    OtlpSignal,
+    otlp_http_url,
+    parse_headers,
+    read_otel_env,
+)
 from tracing.sampling import (
     SamplerConfig,
     build_sampler,
@@ -51,6 +60,7 @@ from tracing.sdk_compat import (
     BatchLogRecordProcessor,
     LoggerProvider,
     LogRecordExporter,
+    otlp_http_log_exporter_class,
     otlp_log_exporter_class,
     set_logger_provider,
 )
@@ -113,8 +123,9 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
     if "service_name" in data.get("resource", {}):
         values["service_name"] = data["resource"]["service_name"]
     cfg = TracingConfig(**values)
-    if cfg.protocol != "grpc":
-        raise TelemetryConfigError(f"{p}: traces.protocol {cfg.protocol!r} is not supported (use 'grpc')")
+    if cfg.protocol != GRPC:
+        raise TelemetryConfigError(f"{p}: traces.protocol {cfg.protocol!r} is not supported (use 'grpc'; "
+                                   f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf selects OTLP/HTTP)")
 
     # The standard variables win over the file.
     overrides: dict[str, Any] = {"otel": otel}
@@ -127,6 +138,9 @@ def load_tracing_config(path: str | Path, environ: Mapping[str, str] | None = No
         overrides["endpoint"] = traces_env.endpoint
     if traces_env.protocol is not None:
         overrides["protocol"] = traces_env.protocol
+    if traces_env.protocol == HTTP_PROTOBUF:
+        # OTLP/HTTP's URL comes from the variables alone (the file's endpoint is a gRPC one).
+        overrides["endpoint"] = _http_endpoint(traces_env, "traces")
     if traces_env.compression is not None:
         overrides["compression"] = traces_env.compression
     if traces_env.timeout_s is not None:
@@ -156,25 +170,49 @@ def make_resource(cfg: TracingConfig, node_name: str) -> Resource:
                             "service.instance.id": node_name})
 
 
-def make_otlp_exporter(cfg: TracingConfig) -> SpanExporter:
-    from tracing.otlp_exporter import FastOTLPSpanExporter, grpc_compression
+def _http_endpoint(signal: OtlpSignal, name: str) -> str:
+    return signal.http_endpoint or otlp_http_url(HTTP_DEFAULT_ENDPOINT, name)
 
+
+def make_otlp_exporter(cfg: TracingConfig) -> SpanExporter:
+    """Spans over OTLP/gRPC (our encoder, tracing/otlp_exporter.py), or with
+    OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL=http/protobuf the SDK's OTLP/HTTP exporter."""
+    from tracing.otlp_exporter import FastOTLPSpanExporter, grpc_compression, http_compression
+
+    if cfg.protocol == HTTP_PROTOBUF:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=cfg.endpoint, compression=http_compression(cfg.compression),
+                                timeout=cfg.timeout_s, headers=parse_headers(cfg.otel.traces.headers))
     return FastOTLPSpanExporter(endpoint=cfg.endpoint, compression=grpc_compression(cfg.compression),
                                 timeout=cfg.timeout_s, headers=cfg.otel.traces.headers)
 
 
-def _signal_settings(cfg: TracingConfig, signal: OtlpSignal) -> tuple[str, str, float]:
-    """A signal's endpoint, compression and timeout: its own OTEL_EXPORTER_OTLP_<SIGNAL>_* when
-    set, else the traces' (the file's [traces] and the general variables)."""
-    return (signal.endpoint or cfg.endpoint, signal.compression or cfg.compression,
-            signal.timeout_s or cfg.timeout_s)
+def _signal_settings(cfg: TracingConfig, signal: OtlpSignal, name: str) -> tuple[str, str, str, float]:
+    """A signal's (metrics, logs) protocol, endpoint, compression and timeout.
+
+    The protocol is the signal's own OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL or the general one,
+    else grpc. Over gRPC: its own OTEL_EXPORTER_OTLP_<SIGNAL>_* when set, else the traces'
+    (the file's [traces] and the general variables; when the traces go over HTTP, the
+    default gRPC endpoint). Over HTTP: the URL of tracing/otel_env.py (`http_endpoint`)."""
+    protocol = signal.protocol or GRPC
+    if protocol == HTTP_PROTOBUF:
+        endpoint = _http_endpoint(signal, name)
+    else:
+        endpoint = signal.endpoint or (cfg.endpoint if cfg.protocol == GRPC else TracingConfig.endpoint)
+    return protocol, endpoint, signal.compression or cfg.compression, signal.timeout_s or cfg.timeout_s
 
 
 def make_otlp_log_exporter(cfg: TracingConfig) -> LogRecordExporter:
-    """OTLP gRPC logs to the traces' endpoint (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, when set, wins)."""
-    from tracing.otlp_exporter import grpc_compression
+    """OTLP logs to the traces' endpoint (OTEL_EXPORTER_OTLP_LOGS_ENDPOINT, when set, wins), over
+    gRPC or, with OTEL_EXPORTER_OTLP_[LOGS_]PROTOCOL=http/protobuf, over HTTP (the SDK's exporters)."""
+    from tracing.otlp_exporter import grpc_compression, http_compression
 
-    endpoint, compression, timeout_s = _signal_settings(cfg, cfg.otel.logs)
+    protocol, endpoint, compression, timeout_s = _signal_settings(cfg, cfg.otel.logs, "logs")
+    if protocol == HTTP_PROTOBUF:
+        return otlp_http_log_exporter_class()(  # type: ignore[call-arg]
+            endpoint=endpoint, compression=http_compression(compression), timeout=timeout_s,
+            headers=parse_headers(cfg.otel.logs.headers))
     return otlp_log_exporter_class()(endpoint=endpoint, compression=grpc_compression(compression),  # type: ignore[call-arg]
                                      timeout=timeout_s, headers=cfg.otel.logs.headers)
 
@@ -250,7 +288,7 @@ def configure_logs_export(cfg: TracingConfig, resource: Resource, *,
     """A LoggerProvider exporting through a BatchLogRecordProcessor (its own thread), and
     a handler on the root logger feeding it every record."""
     log_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-    endpoint = _signal_settings(cfg, cfg.otel.logs)[0]
+    endpoint = _signal_settings(cfg, cfg.otel.logs, "logs")[1]
     watched = HealthReportingLogExporter(exporter if exporter is not None else make_otlp_log_exporter(cfg),
                                          endpoint)
     log_provider.add_log_record_processor(BatchLogRecordProcessor(watched))
@@ -306,9 +344,9 @@ def configure_tracing(
     # Metrics do not depend on traces being on (OTEL_TRACES_EXPORTER=none keeps them).
     push = None
     if cfg.metrics.otlp_export:
-        endpoint, compression, timeout_s = _signal_settings(cfg, cfg.otel.metrics)
+        protocol, endpoint, compression, timeout_s = _signal_settings(cfg, cfg.otel.metrics, "metrics")
         push = make_otlp_metric_exporter(endpoint=endpoint, compression=compression, timeout_s=timeout_s,
-                                         headers=cfg.otel.metrics.headers)
+                                         headers=cfg.otel.metrics.headers, protocol=protocol)
     metrics = make_meter_provider(resource, push=push, push_interval_s=cfg.metrics.interval_s)
     if not cfg.enabled:
         telemetry = Telemetry(NoOpTracerProvider(), cfg, log_provider=log_provider, log_handler=log_handler,
