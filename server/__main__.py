@@ -15,14 +15,12 @@ from server.announce import listening_line
 from server.errors import ConfigError
 from server.local_cluster import (
     CLUSTER_PORT_OFFSET,
-    DEFAULT_VALKEY_PORT,
     MAX_NODES,
     MIN_NODES,
-    VALKEY_HOST,
-    check_cluster_engine,
     check_node_count,
     run_local_cluster,
 )
+from server.local_valkey import DEFAULT_VALKEY_PORT, VALKEY_HOST, check_cluster_engine
 from server.logs import setup_logging
 from server.runtime import tune_gc
 from server.serve import serve_node
