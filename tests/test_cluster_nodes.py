@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -17,26 +16,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.serve import RunningNode
+from tests.engine_nodes import EngineNode
 from tests.harness import json_client, start_node
 
 SECRET = "test-cluster-secret-0123456789abcdef"
 
 
-@dataclass
-class Member:
-    running: RunningNode
-    exporter: InMemorySpanExporter
-    http: httpx.AsyncClient
-
-    @property
-    def name(self) -> str:
-        return self.running.node.name
-
-    def spans(self, name: str, **attributes: Any) -> list[ReadableSpan]:
-        """Finished spans named name whose attributes include these."""
-        return [s for s in self.exporter.get_finished_spans() if s.name == name
-                and all((s.attributes or {}).get(k) == v for k, v in attributes.items())]
+class Member(EngineNode):
+    """A node of the three below, with the parent/child lookups these tests need."""
 
     def children(self, name: str, parent: ReadableSpan) -> list[ReadableSpan]:
         assert parent.context is not None
