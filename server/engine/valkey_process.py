@@ -107,9 +107,8 @@ class ValkeyProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.binary} exited with {self.proc.returncode} on port "
                                    f"{self.port}:\n{self.log_tail()}")
-            if ping(self.host, self.port, 0.5) in ("+PONG", "-LOADING"):
-                if ping(self.host, self.port, 0.5) == "+PONG":
-                    return self
+            if ping(self.host, self.port, 0.5) == "+PONG":  # -LOADING (AOF replay): not yet
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.binary} on port {self.port} not ready within {READY_TIMEOUT:g}s:\n"
