@@ -112,7 +112,8 @@ def cpu_seconds(pid: int) -> float:
 class Child:
     """One child process with its output in files; `stop()` is idempotent."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], name: str) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], name: str,
+                 cwd: Path = REPO_ROOT) -> None:
         self.name = name
         self._dir = tempfile.TemporaryDirectory(prefix=f"bench-{name}-")
         self.out_path = Path(self._dir.name) / "stdout"
@@ -120,7 +121,7 @@ class Child:
         self.final_output: str | None = None
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                list(argv), cwd=REPO_ROOT, env=dict(env), stdin=subprocess.DEVNULL,
+                list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=err, preexec_fn=_child_setup, start_new_session=True)
 
     @property
@@ -174,8 +175,11 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @contextmanager
 def server(module: str, cpu: int | None, env: Mapping[str, str], *, name: str | None = None,
-           args: Sequence[str] = (), prelude: str = "") -> Iterator[tuple[Child, str]]:
+           args: Sequence[str] = (), prelude: str = "",
+           cwd: Path = REPO_ROOT) -> Iterator[tuple[Child, str]]:
     """Run `python -m module` pinned to `cpu`; yields (child, base URL) and stops it after.
+
+    `cwd` is the checkout whose code runs (another commit's, for an A/B comparison).
 
     `prelude` is Python run first in the child (a what-if knob, e.g. a GC setting)."""
     if prelude:
@@ -183,7 +187,7 @@ def server(module: str, cpu: int | None, env: Mapping[str, str], *, name: str | 
         argv = pinned(cpu, [sys.executable, "-c", run, *args])
     else:
         argv = pinned(cpu, [sys.executable, "-m", module, *args])
-    child = Child(argv, env, name or module)
+    child = Child(argv, env, name or module, cwd)
     try:
         url = child.wait_for_line(_URL).group(1)
         if cpu is not None and os.sched_getaffinity(child.pid) != {cpu}:
