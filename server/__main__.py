@@ -1,17 +1,24 @@
 """`python -m server` / `webserver`: run one node until SIGINT or SIGTERM
-(or, with `--cluster N`, N local nodes meshed together: server/local_cluster.py)."""
+(or, with `--cluster N`, N local nodes meshed together: server/local_cluster.py;
+with `--workers N`, N processes serving one port as one cluster: server/workers.py).
+
+`--http-fd FD` and `--cluster-fd FD` are the `--workers` supervisor's, not for people:
+a worker serves HTTP on the inherited listening socket FD, and its mesh listens on
+the other."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import socket
 import sys
 from functools import partial
 
 import trio
 
 from server.announce import listening_line
+from server.cluster.transport import BoundTcpTransport, Transport
 from server.errors import ConfigError
 from server.local_cluster import (
     CLUSTER_PORT_OFFSET,
@@ -24,7 +31,8 @@ from server.local_valkey import DEFAULT_VALKEY_PORT, VALKEY_HOST, check_cluster_
 from server.logs import setup_logging
 from server.runtime import tune_gc
 from server.serve import serve_node
-from server.settings import Settings, env_name, load_settings
+from server.settings import MAX_WORKERS, Settings, env_name, load_settings
+from server.workers import run_workers
 from tracing.errors import TelemetryConfigError
 from tracing.setup import Telemetry, configure_tracing, load_tracing_config
 
@@ -42,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"run N ({MIN_NODES}-{MAX_NODES}) local nodes meshed together, with a fresh "
                         "secret; HTTP ports from --bind's port, cluster ports at HTTP port + "
                         f"{CLUSTER_PORT_OFFSET}")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help=f"serve --bind from N (1-{MAX_WORKERS}) processes, each a cluster member: the "
+                        "mesh (on loopback unless configured) or valkey engine "
+                        f"(env {env_name('workers')})")
     p.add_argument("--engine", metavar="ENGINE",
                    help=f"where shared state lives: memory, mesh or valkey (env {env_name('engine')}); "
                         "with --cluster: mesh (default) or valkey")
@@ -52,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --cluster --engine valkey: start a local Valkey server on "
                         f"{VALKEY_HOST}:PORT (default {DEFAULT_VALKEY_PORT}, which must be free; "
                         "0 = a free port, data in a temporary directory)")
+    # The --workers supervisor's, for its workers: inherited listening sockets.
+    p.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--cluster-fd", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -69,7 +84,8 @@ def startup_urls(url: str) -> str:
                       f"  trace viewer:  {base}/debug/traces"])
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, http_sock: socket.socket | None = None,
+              transport: Transport | None = None) -> None:
     log = logging.getLogger("server")
     # Signals are caught from the start so an early SIGTERM still exits cleanly.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -82,7 +98,8 @@ async def run(settings: Settings) -> None:
 
         try:
             async with trio.open_nursery() as nursery:
-                running = await nursery.start(partial(serve_node, settings, make_telemetry))
+                running = await nursery.start(partial(serve_node, settings, make_telemetry,
+                                                      sock=http_sock, transport=transport))
                 tune_gc(settings.gc_thresholds)
                 log.info("node %s serving on %s", running.node.name, running.url)
                 # The first line is parsed (tests, the local-cluster supervisor): keep it as it is.
@@ -103,7 +120,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     try:
         check_node_count(args.cluster)
         for flag, value in (("--node-name", args.node_name), ("--cluster-bind", args.cluster_bind),
-                            ("--peers", args.peers)):
+                            ("--peers", args.peers), ("--workers", args.workers)):
             if value is not None:
                 raise ConfigError(f"{flag}: not with --cluster (each local node gets its own)")
         engine = args.engine or "mesh"
@@ -135,15 +152,25 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(config_path=args.config,
                                  overrides={"bind": args.bind, "node_name": args.node_name,
                                             "cluster_bind": args.cluster_bind, "peers": args.peers,
-                                            "engine": args.engine, "valkey_url": args.valkey_url})
+                                            "engine": args.engine, "valkey_url": args.valkey_url,
+                                            "workers": args.workers})
         load_tracing_config(settings.telemetry_config)  # fail before serving, not during
+        if settings.workers > 1 and args.http_fd is None:
+            return run_workers(settings.workers, settings, config_path=args.config)
     except (ConfigError, TelemetryConfigError) as exc:
         print(f"webserver: configuration error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the port is taken
+        print(f"webserver: {exc}", file=sys.stderr)
+        return 1
     setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)
+    # A worker of --workers: the supervisor's sockets, already listening.
+    http_sock = socket.socket(fileno=args.http_fd) if args.http_fd is not None else None
+    transport = (BoundTcpTransport(socket.socket(fileno=args.cluster_fd))
+                 if args.cluster_fd is not None else None)
     failed = False
     try:
-        trio.run(run, settings)
+        trio.run(run, settings, http_sock, transport)
     except* OSError as group:  # e.g. the port is taken
         for error in group.exceptions:
             print(f"webserver: {error}", file=sys.stderr)

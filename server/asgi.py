@@ -12,6 +12,10 @@ binds after the lifespan) or several (`--bind` given twice), the name falls
 back to `settings.bind`, a loud warning says so, and the node's `http_url` is
 taken from the first request's `scope["server"]`. `WEBSERVER_NODE_NAME` and
 `WEBSERVER_ADVERTISE_URL` override both.
+
+`hypercorn --workers N` with `WEBSERVER_WORKERS=N`: each worker claims its place
+among N at import (`claim_worker`, server/worker_plan.py): a cluster port of a known
+range, which makes it worker I, named NAME-wI, a member of one cluster with the others.
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 import trio
 
 from server.app import create_app, create_asgi
+from server.cluster.transport import BoundTcpTransport
+from server.errors import ConfigError
 from server.logs import setup_logging
 from server.node import Node, default_node_name
 from server.ports import http_url
 from server.runtime import tune_gc
 from server.settings import load_settings
+from server.worker_plan import claim_worker
 from tracing.setup import configure_tracing
 
 if TYPE_CHECKING:
@@ -74,16 +82,28 @@ def listening_addresses() -> list[tuple[str, int]]:
 
 
 settings = load_settings()
-setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)
+# Before any socket of ours is opened: the worker's claim is not the served socket.
 _listening = listening_addresses()
 _served = _listening[0] if len(_listening) == 1 else None
 _host, _port = _served or (settings.host, settings.port)
+_workers = settings.workers
+try:
+    _worker = claim_worker(settings, _host, _port) if _workers > 1 else None
+except ConfigError as exc:  # one line, as `python -m server` says it, not a traceback per worker
+    print(f"webserver: configuration error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+if _worker is not None:
+    settings = _worker.settings
+setup_logging(settings.log_level, telemetry_config=settings.telemetry_config, node=settings.node_name)
+if _worker is not None and _worker.note:
+    log.info("%s", _worker.note)
 _name = settings.node_name or default_node_name(_host, _port)
 _url_known = bool(settings.advertise_url) or _served is not None
 telemetry = configure_tracing(settings.telemetry_config, _name, set_global=True)
 node = Node(settings, name=_name, tracer_provider=telemetry.provider,
             http_url=settings.advertise_url or http_url(_host, _port), telemetry=telemetry,
-            metrics=telemetry.metrics)
+            metrics=telemetry.metrics,
+            transport=BoundTcpTransport(_worker.claim) if _worker and _worker.cluster_socket else None)
 if _served is None and not (settings.node_name and settings.advertise_url):
     # Loud: under the Hypercorn CLI a wrong name splits the cluster's view of this node.
     log.warning(
@@ -106,7 +126,8 @@ async def _start_node() -> None:
 
     _quart.nursery.start_soon(run_services)
     tune_gc(settings.gc_thresholds)
-    log.info("node %s started (pid %d), http_url %s", node.name, os.getpid(),
+    log.info("node %s started (pid %d%s), http_url %s", node.name, os.getpid(),
+             f", worker {_worker.index} of {_workers}" if _worker else "",
              node.http_url if _url_known else "(from the first request)")
 
 

@@ -34,24 +34,14 @@ environment or the config file.
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import IO
 
-from server.announce import LISTENING
 from server.engine.valkey_process import ValkeyNotFound, ValkeyProcess, find_server_binary, start_valkey
 from server.errors import ConfigError
 from server.local_valkey import (
@@ -61,43 +51,30 @@ from server.local_valkey import (
     redact_url,
     valkey_data_dir,
 )
-from server.ports import free_ports, host_port, http_url
-from server.settings import Settings, env_name
+from server.ports import free_ports, host_port
+from server.settings import Settings
+from server.supervisor import (
+    POLL_INTERVAL,
+    NodePlan,
+    Stop,
+    Supervisor,
+    child_environment,
+    describe_exit,
+    fetch_nodes,
+    quorum_overrides,
+)
 
 MIN_NODES = 1
 MAX_NODES = 9
 CLUSTER_PORT_OFFSET = 100
-LISTEN_DEADLINE = 20.0   # every node printed its listening line
 MESH_DEADLINE = 15.0     # every node's /nodes lists all N
-KILL_GRACE = 5.0         # added to shutdown_timeout before SIGKILL
-POLL_INTERVAL = 0.2
-HTTP_TIMEOUT = 2.0
 
 _WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
-# Settings the supervisor decides for each child, whatever the parent's environment says.
-_CHILD_SETTINGS = ("bind", "node_name", "cluster_bind", "cluster_advertise", "peers", "cluster_secret",
-                   "engine", "valkey_url")
 
 
 def check_node_count(count: int) -> None:
     if not MIN_NODES <= count <= MAX_NODES:
         raise ConfigError(f"--cluster: expected {MIN_NODES} to {MAX_NODES} nodes, got {count}")
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """Where one local node serves and how the others reach it."""
-
-    name: str
-    bind: str             # HTTP HOST:PORT the node binds
-    http_host: str        # a host to dial (the bind host, or loopback for a wildcard bind)
-    http_port: int
-    cluster_bind: str     # cluster HOST:PORT the node binds ("" without cluster ports)
-    cluster_address: str  # cluster HOST:PORT the others dial (advertised; "" without)
-
-    @property
-    def url(self) -> str:
-        return http_url(self.http_host, self.http_port)
 
 
 def plan_nodes(count: int, settings: Settings, *, cluster_ports: bool = True) -> list[NodePlan]:
@@ -129,147 +106,17 @@ def plan_nodes(count: int, settings: Settings, *, cluster_ports: bool = True) ->
             for http, cluster in pairs]
 
 
-def quorum_overrides(count: int, settings: Settings) -> dict[str, int]:
-    """replicas/write_quorum/read_quorum capped at the number of nodes (else a 1-node
-    cluster could never reach a write quorum of 2). Empty when nothing needs capping."""
-    replicas = min(settings.replicas, count)
-    capped = {"replicas": replicas,
-              "write_quorum": min(settings.write_quorum, replicas),
-              "read_quorum": min(settings.read_quorum, replicas)}
-    if all(getattr(settings, key) == value for key, value in capped.items()):
-        return {}
-    return capped
-
-
-def child_environment(plan: NodePlan, plans: list[NodePlan], secret: str, *,
-                      base_env: Mapping[str, str], config_path: str | None = None,
-                      extra: Mapping[str, int | str] | None = None,
-                      engine: str = "mesh") -> dict[str, str]:
-    """The environment of one child: the parent's, with its cluster settings decided here.
-    The valkey engine gets no cluster address, peers or secret (its URL comes in extra)."""
-    env = {k: v for k, v in base_env.items() if k not in {env_name(s) for s in _CHILD_SETTINGS}}
-    env["PYTHONUNBUFFERED"] = "1"
-    env[env_name("bind")] = plan.bind
-    env[env_name("node_name")] = plan.name
-    env[env_name("engine")] = engine
-    if engine == "mesh":
-        env[env_name("cluster_bind")] = plan.cluster_bind
-        env[env_name("cluster_advertise")] = plan.cluster_address
-        env[env_name("peers")] = ",".join(p.cluster_address for p in plans if p is not plan)
-        env[env_name("cluster_secret")] = secret
-    if config_path:
-        env["WEBSERVER_CONFIG"] = os.path.abspath(config_path)
-    for key, value in (extra or {}).items():
-        env[env_name(key)] = str(value)
-    return env
-
-
-def fetch_nodes(host: str, port: int, timeout: float = HTTP_TIMEOUT) -> list[str] | None:
-    """The node's `GET /nodes` list, or None if it does not answer properly (yet)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", "/nodes")
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200:
-            return None
-        data = json.loads(body)
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
-    finally:
-        conn.close()
-    nodes = data.get("nodes") if isinstance(data, dict) else None
-    if isinstance(nodes, list) and all(isinstance(n, str) for n in nodes):
-        return nodes
-    return None
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-class _Output:
-    """Line-at-a-time printing shared by the forwarding threads and the supervisor.
-
-    The secret is redacted from everything forwarded, should a child ever print it."""
-
-    def __init__(self, secret: str) -> None:
-        self._lock = threading.Lock()
-        self._secret = secret
-
-    def line(self, text: str, *, stream: IO[str] | None = None) -> None:
-        out = stream or sys.stdout
-        text = text.replace(self._secret, "[redacted]")
-        with self._lock:
-            try:
-                out.write(text + "\n")
-                out.flush()
-            except (OSError, ValueError):  # our stdout went away: keep draining the children
-                pass
-
-    def error(self, text: str) -> None:
-        self.line(f"webserver: {text}", stream=sys.stderr)
-
-
-@dataclass
-class _Child:
-    plan: NodePlan
-    process: subprocess.Popen[bytes]
-    listening: threading.Event = field(default_factory=threading.Event)
-    url: str = ""
-    threads: list[threading.Thread] = field(default_factory=list)
-    reported_exit: bool = False
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive:
-            try:
-                self.process.send_signal(signum)
-            except ProcessLookupError:
-                pass
-
-
-def _forward(child: _Child, pipe: IO[bytes], stream: IO[str], output: _Output) -> None:
-    prefix = f"[{child.plan.name}]"
-    for raw in iter(pipe.readline, b""):
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not child.listening.is_set() and (match := LISTENING.search(text)):
-            child.url = match.group(2)
-            child.listening.set()
-        output.line(f"{prefix} {text}", stream=stream)
-    pipe.close()
-
-
-class _Stop(Exception):
-    """A stop signal arrived while starting up."""
-
-
-class LocalCluster:
+class LocalCluster(Supervisor):
     def __init__(self, count: int, settings: Settings, *, config_path: str | None = None,
                  python: str = sys.executable, base_env: Mapping[str, str] | None = None,
                  engine: str = "mesh", valkey_url: str | None = None,
                  valkey_port: int | None = None) -> None:
         check_cluster_engine(engine, valkey_url=valkey_url, valkey_port=valkey_port)
+        super().__init__(settings, secret=secrets.token_hex(32), python=python, base_env=base_env)
         self.count = count
-        self.settings = settings
         self.config_path = config_path
-        self.python = python
-        self.base_env = dict(os.environ if base_env is None else base_env)
         self.engine = engine
         self.plans = plan_nodes(count, settings, cluster_ports=engine == "mesh")
-        self._secret = secrets.token_hex(32)
-        self.output = _Output(self._secret)
-        self.children: list[_Child] = []
-        self.stop_requested = threading.Event()
-        self.signals_received = 0
         # -- valkey engine: the server given, or one started here on valkey_port
         self.valkey_url = valkey_url
         self.valkey_port = DEFAULT_VALKEY_PORT if valkey_port is None else valkey_port
@@ -286,30 +133,9 @@ class LocalCluster:
                 raise ConfigError(f"--engine valkey: cannot start a local Valkey server: {exc}; "
                                   "or give an existing server with --valkey-url") from None
 
-    # -- signals -------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # Runs in the main thread between bytecodes: set flags only, print nothing.
-        self.signals_received += 1
-        self.stop_requested.set()
-
-    def _wait(self, seconds: float) -> None:
-        """Sleep, but return early on a stop signal; raise _Stop if one arrived."""
-        if self.stop_requested.wait(seconds):
-            raise _Stop
-
     # -- the run -------------------------------------------------------------
-    def run(self) -> int:
-        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        previous = {s: signal.signal(s, self._on_signal) for s in handled}
-        try:
-            return self._run()
-        finally:
-            try:
-                self._stop_children()
-            finally:
-                self._stop_valkey()
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+    def _cleanup(self) -> None:
+        self._stop_valkey()
 
     def _run(self) -> int:
         extra: dict[str, int | str] = {}
@@ -328,13 +154,13 @@ class LocalCluster:
                                      "(given by --valkey-url; not started here)")
                     extra.update(valkey_url=self.valkey_url)
                 if self.stop_requested.is_set():
-                    raise _Stop
+                    raise Stop
             self._spawn_all(extra)
             if not self._wait_listening():
                 return 1
             if not self._wait_meshed():
                 return 1
-        except _Stop:
+        except Stop:
             self.output.line("stopping the cluster (interrupted while starting)")
             return 0
         for child in self.children:
@@ -388,39 +214,7 @@ class LocalCluster:
         for plan in self.plans:
             env = child_environment(plan, self.plans, self._secret, base_env=self.base_env,
                                     config_path=self.config_path, extra=extra, engine=self.engine)
-            process = subprocess.Popen(
-                [self.python, "-m", "server"], env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            child = _Child(plan, process)
-            self.children.append(child)
-            assert process.stdout is not None and process.stderr is not None
-            for pipe, stream in ((process.stdout, sys.stdout), (process.stderr, sys.stderr)):
-                thread = threading.Thread(target=_forward, args=(child, pipe, stream, self.output),
-                                          name=f"forward-{plan.name}", daemon=True)
-                thread.start()
-                child.threads.append(thread)
-
-    def _wait_listening(self) -> bool:
-        deadline = time.monotonic() + LISTEN_DEADLINE
-        while True:
-            waiting = [c for c in self.children if not c.listening.is_set()]
-            if not waiting:
-                return True
-            for child in waiting:
-                if not child.alive:
-                    child.listening.wait(0.5)  # its last lines may still be in the pipe
-                    if not child.listening.is_set():
-                        child.reported_exit = True
-                        self.output.error(f"node {child.plan.name} stopped before it was listening "
-                                          f"({describe_exit(child.process.returncode)}; its output is "
-                                          "above); stopping the cluster")
-                        return False
-            if time.monotonic() > deadline:
-                names = ", ".join(c.plan.name for c in waiting)
-                self.output.error(f"not listening within {LISTEN_DEADLINE:g}s: {names}; "
-                                  "stopping the cluster")
-                return False
-            self._wait(POLL_INTERVAL)
+            self.children.append(self._spawn(plan, env))
 
     def _wait_meshed(self) -> bool:
         expected = {c.plan.name for c in self.children}
@@ -464,28 +258,6 @@ class LocalCluster:
                 return 1
         self.output.line(f"stopping {sum(c.alive for c in self.children)} node(s)")
         return 0
-
-    def _stop_children(self) -> None:
-        """SIGTERM every node still running, wait shutdown_timeout + 5 s, then SIGKILL."""
-        for child in self.children:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.shutdown_timeout + KILL_GRACE
-        signals_at_start = self.signals_received
-        while any(c.alive for c in self.children) and time.monotonic() < deadline:
-            if self.signals_received > signals_at_start:
-                break  # asked again while stopping: kill now
-            time.sleep(POLL_INTERVAL)
-        for child in self.children:
-            if child.alive:
-                self.output.error(f"node {child.plan.name} did not stop in time; killing it")
-                child.process.kill()
-            try:
-                child.process.wait(KILL_GRACE)
-            except subprocess.TimeoutExpired:
-                self.output.error(f"node {child.plan.name} (pid {child.process.pid}) survived SIGKILL")
-        for child in self.children:
-            for thread in child.threads:
-                thread.join(KILL_GRACE)
 
 
 def run_local_cluster(count: int, settings: Settings, *, config_path: str | None = None,

@@ -80,14 +80,16 @@ ProviderFactory = Callable[[str], "trace.TracerProvider | Telemetry"]
 
 
 async def serve_node(settings: Settings, tracer_provider: trace.TracerProvider | ProviderFactory, *,
+                     sock: socket.socket | None = None,
                      transport: Transport | None = None, metrics: MetricsHandle | None = None,
                      task_status: trio.TaskStatus[RunningNode] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one node until `RunningNode.stop()`; started() hands back the running node.
 
     `tracer_provider` may be a factory taking the node's name, for a resource
     whose service.instance.id is the name given to the port actually bound.
+    `sock`: a socket bound already (a `--workers` worker's, shared), else one bound here.
     """
-    sock = bind_socket(settings)
+    sock = sock or bind_socket(settings)
     host, port = sock.getsockname()[:2]
     name = settings.node_name or default_node_name(host, port)
     made = tracer_provider if isinstance(tracer_provider, trace.TracerProvider) else tracer_provider(name)

@@ -40,6 +40,7 @@ ENV_PREFIX = "WEBSERVER_"
 CONFIG_ENV = "WEBSERVER_CONFIG"
 ENGINES = ("", "memory", "mesh", "valkey")
 VALKEY_MODES = ("standalone", "cluster", "sentinel")
+MAX_WORKERS = 32
 _ZERO_MEANS_OFF = {"tcp_user_timeout", "ws_ping_interval", "anti_entropy_interval", "trace_buffer_spans"}
 
 
@@ -48,6 +49,9 @@ class Settings:
     """One node's settings. Sizes are bytes, durations seconds."""
 
     bind: str = "127.0.0.1:4000"
+    # Processes serving `bind`, each a cluster member (server/worker_plan.py): how many
+    # `python -m server` starts, or, under the Hypercorn CLI, its --workers (say the same).
+    workers: int = 1
     # Empty means "webserver@<host>:<port>" of the address actually bound.
     node_name: str = ""
     # http://HOST:PORT where other nodes and the pages reach this node (the trace
@@ -125,6 +129,8 @@ class Settings:
                 if value < 0 or (value == 0 and f.name not in _ZERO_MEANS_OFF):
                     raise ConfigError(f"{f.name}: must be positive, got {value!r}")
         parse_gc_thresholds(self.gc_thresholds)
+        if self.workers > MAX_WORKERS:
+            raise ConfigError(f"workers: at most {MAX_WORKERS}, got {self.workers}")
         if self.max_body_bytes < self.max_value_bytes:
             raise ConfigError("max_body_bytes: must be at least max_value_bytes")
         self._validate_cluster()

@@ -7,6 +7,7 @@ WebSocketServer is what `serve_websocket` runs over TCP listeners).
 
 from __future__ import annotations
 
+import socket
 from typing import Protocol
 
 import trio
@@ -42,6 +43,21 @@ class TcpTransport:
     async def open_stream(self, address: str) -> trio.abc.Stream:
         host, port = split_address(address)
         return await trio.open_tcp_stream(host, port)
+
+
+class BoundTcpTransport(TcpTransport):
+    """TCP, listening on a socket bound (and listening) before the node started: a
+    worker's cluster port, bound by the `--workers` supervisor and inherited, or
+    claimed by a Hypercorn worker at import (server/worker_plan.py). The address
+    asked for is the one that socket has, so it is not bound again."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    async def open_listener(self, address: str) -> tuple[trio.abc.Listener[trio.abc.Stream], str]:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._sock))
+        host, port = self._sock.getsockname()[:2]
+        return listener, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class PreAuthStream(trio.abc.Stream):

@@ -8,8 +8,12 @@ can never block on a full pipe and the test can read it at any time.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -179,6 +183,24 @@ async def enter_on_free_port(stack: AsyncExitStack,
     raise AssertionError(f"no free port could be bound in {attempts} attempts")
 
 
+def free_port_range(count: int, attempts: int = 20) -> int:
+    """The first of count consecutive ports that were free on loopback a moment ago
+    (the Hypercorn workers' cluster range, which must be consecutive)."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + count - 1 > 65535:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise AssertionError(f"no {count} consecutive free ports in {attempts} attempts")
+
+
 @asynccontextmanager
 async def node_process(env: Mapping[str, str | None] | None = None, args: Sequence[str] = (),
                        startup_timeout: float = STARTUP_TIMEOUT) -> AsyncIterator[ServerProcess]:
@@ -288,3 +310,91 @@ async def terminate_all(nodes: Sequence[ServerProcess], timeout: float = STOP_TI
             if node.returncode is None:
                 nursery.start_soon(stop, node)
     return codes
+
+
+# -- supervisors (`--cluster N`, `--workers N`) and their children -------------------
+
+class Output:
+    """Everything a supervisor writes to stdout, read continuously so that it
+    never blocks on a full pipe while the test looks elsewhere."""
+
+    def __init__(self, proc: ServerProcess) -> None:
+        self.proc = proc
+        self.text = ""
+        self.closed = trio.Event()
+
+    async def pump(self) -> None:
+        stream = self.proc.process.stdout
+        assert stream is not None
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while chunk := await stream.receive_some(65536):
+            self.text += decoder.decode(chunk)
+        self.closed.set()
+
+    async def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        with trio.move_on_after(timeout):
+            while not (found := re.search(pattern, self.text, re.MULTILINE)):
+                if self.closed.is_set() or self.proc.returncode is not None:
+                    await trio.sleep(0.5)  # the rest of its output
+                    raise AssertionError(f"supervisor ended before {pattern!r}:\n{self.describe()}")
+                await trio.sleep(0.05)
+            return found
+        raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.describe()}")
+
+    def describe(self) -> str:
+        return (f"returncode {self.proc.returncode}\n--- stdout ---\n{self.text}"
+                f"--- stderr ---\n{self.proc.stderr()}")
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is `parent` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may contain spaces and parentheses.
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == parent:
+            pids.append(int(entry.name))
+    return pids
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0") if "=" in item)
+    return {key: value for key, value in pairs}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie not yet reaped by its new parent counts as gone
+        return (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+# -- the Hypercorn CLI ---------------------------------------------------------------
+
+@asynccontextmanager
+async def hypercorn_process(port: int, name: str | None, more_binds: Sequence[str] = (), *,
+                            args: Sequence[str] = (),
+                            env: Mapping[str, str | None] | None = None) -> AsyncIterator[ServerProcess]:
+    """The documented deployment: Hypercorn's CLI serving server.asgi:app, ready to answer
+    (on `port`: its first request). name=None leaves WEBSERVER_NODE_NAME unset; `args`
+    go to Hypercorn (e.g. --workers), `env` to process_env."""
+    binds = [f"127.0.0.1:{port}", *more_binds]
+    command = [sys.executable, "-m", "hypercorn", "-k", "trio", *args,
+               *(arg for bind in binds for arg in ("--bind", bind)), "server.asgi:app"]
+    async with running_process(command, process_env(
+            {"WEBSERVER_NODE_NAME": name, "WEBSERVER_BIND": None, **(env or {})})) as proc:
+        await proc.wait_http_ready(f"http://127.0.0.1:{port}")
+        yield proc

@@ -4,7 +4,6 @@ sharing it), says when they are ready, and stops them all on Ctrl-C."""
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import signal
@@ -17,7 +16,15 @@ import pytest
 import trio
 
 from server.engine.valkey_process import ping
-from tests.e2e.processes import NODE_COMMAND, ServerProcess, process_env, running_process
+from tests.e2e.processes import (
+    NODE_COMMAND,
+    Output,
+    alive,
+    child_pids,
+    environment_of,
+    process_env,
+    running_process,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,74 +33,6 @@ EXIT_DEADLINE = 25.0    # the supervisor allows shutdown_timeout + 5 s before SI
 _NODE_LINE = re.compile(r"^node (\S+) http=(\S+) cluster=(\S+)$", re.MULTILINE)
 _VALKEY_NODE_LINE = re.compile(r"^node (\S+) http=(\S+)$", re.MULTILINE)
 _VALKEY_LINE = re.compile(r"^valkey server at redis://127\.0\.0\.1:(\d+) \(AOF in ([^,)]+)", re.MULTILINE)
-
-
-class Output:
-    """Everything the supervisor writes to stdout, read continuously so that it
-    never blocks on a full pipe while the test looks elsewhere."""
-
-    def __init__(self, proc: ServerProcess) -> None:
-        self.proc = proc
-        self.text = ""
-        self.closed = trio.Event()
-
-    async def pump(self) -> None:
-        stream = self.proc.process.stdout
-        assert stream is not None
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        while chunk := await stream.receive_some(65536):
-            self.text += decoder.decode(chunk)
-        self.closed.set()
-
-    async def wait_for(self, pattern: str, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            while not re.search(pattern, self.text, re.MULTILINE):
-                if self.closed.is_set() or self.proc.returncode is not None:
-                    await trio.sleep(0.5)  # the rest of its output
-                    raise AssertionError(f"supervisor ended before {pattern!r}:\n{self.describe()}")
-                await trio.sleep(0.05)
-            return
-        raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.describe()}")
-
-    def describe(self) -> str:
-        return (f"returncode {self.proc.returncode}\n--- stdout ---\n{self.text}"
-                f"--- stderr ---\n{self.proc.stderr()}")
-
-
-def child_pids(parent: int) -> list[int]:
-    """Processes whose parent is `parent` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may contain spaces and parentheses.
-        fields = stat.rpartition(")")[2].split()
-        if int(fields[1]) == parent:
-            pids.append(int(entry.name))
-    return pids
-
-
-def environment_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (item.split("=", 1) for item in raw.decode("utf-8", "replace").split("\0") if "=" in item)
-    return {key: value for key, value in pairs}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie not yet reaped by its new parent counts as gone
-        return (Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]) != "Z"
-    except OSError:
-        return False
 
 
 async def test_three_node_cluster_forms_and_stops_on_sigint() -> None:

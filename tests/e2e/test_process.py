@@ -4,10 +4,8 @@ SIGTERM with clients connected) and `hypercorn -k trio server.asgi:app`."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -18,8 +16,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from server.ports import free_port
 from tests.e2e.processes import (
     NODE_COMMAND,
-    ServerProcess,
     enter_on_free_port,
+    hypercorn_process,
     node_process,
     process_env,
     running_process,
@@ -98,20 +96,6 @@ async def test_sigterm_closes_websockets_with_1001_and_exits_0() -> None:
                     reason = closed.value.reason
                     assert reason is not None and reason.code == 1001, reason
         assert exit_code == [0], node.describe()
-
-
-@asynccontextmanager
-async def hypercorn_process(port: int, name: str | None,
-                            more_binds: Sequence[str] = ()) -> AsyncIterator[ServerProcess]:
-    """The documented deployment: Hypercorn's CLI serving server.asgi:app, ready to answer
-    (on `port`: its first request). name=None leaves WEBSERVER_NODE_NAME unset."""
-    binds = [f"127.0.0.1:{port}", *more_binds]
-    command = [sys.executable, "-m", "hypercorn", "-k", "trio",
-               *(arg for bind in binds for arg in ("--bind", bind)), "server.asgi:app"]
-    env = process_env({"WEBSERVER_NODE_NAME": name, "WEBSERVER_BIND": None})
-    async with running_process(command, env) as proc:
-        await proc.wait_http_ready(f"http://127.0.0.1:{port}")
-        yield proc
 
 
 async def _self_member(url: str) -> tuple[list[str], dict[str, object]]:
