@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -17,7 +18,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of already sorted values."""
     if not sorted_values:
         return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    # ceil(q/100 * n); round(x + 0.5) rounded half to even, one rank too high for some whole x
+    # (p99 of 100 values was the 100th). The epsilon keeps 0.9 * 1000 at 900, not 901.
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values) - 1e-9)))
     return sorted_values[rank - 1]
 
 
