@@ -1,12 +1,21 @@
 """Chat fan-out in one room: our server against a naive Quart-Trio broadcaster.
 
-`python -m bench.fanout [--rounds 3] [--sizes 200,1000]`. A room of N members
-(1 sender + N-1 receivers, plain protocol `/ws?username=...`); the sender sends
-M messages in bursts of 10 with at most 20 in flight, each carrying a sequence
-number and its send time; every receiver counts deliveries and a sample of 50
-records latency (same machine clock, CLOCK_MONOTONIC).
+`python -m bench.fanout [--rounds 3] [--sizes 200,1000] [--mode closed|bursts] [--idle K]
+[--profile DIR]` (DIR: py-spy profiles of our server, bench/pyspy.py).
+A room of N members (1 sender + N-1 receivers, plain protocol `/ws?username=...`);
+every message carries a sequence number and its send time (CLOCK_MONOTONIC).
+
+- closed (default; issue 13's pattern): the next message is sent once a watcher,
+  the member that joined last, has the previous one (bench/closed_loop.py); at
+  the end every member must have every message once, in order.
+- bursts: M messages in bursts of 10 with at most 20 in flight (until every
+  receiver has it); every receiver counts deliveries, 50 record latency.
 
     delivered msg/s = deliveries / (last delivery - first send)
+
+`--idle K` adds K idle connections (JSON protocol, in no room) to our server
+before the room is formed: the "10,000 idle + 1,000 active" case (ours only, as
+the naive server has no rooms: its idle members would be receivers).
 
 Variants alternate (ours naive ours naive ...), a fresh server per run, server
 on one core and this client on the other. Tracing is off in our server (the
@@ -23,10 +32,12 @@ import argparse
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.closed_loop import ClosedLoop, ClosedPhase
 from bench.fanout_driver import FanoutDriver, Phase
 from bench.procs import (
     Cores,
@@ -38,6 +49,7 @@ from bench.procs import (
     raise_fd_limit,
     server,
 )
+from bench.pyspy import recording, summarize
 from bench.report import banner, median, ratio, table
 from bench.ws_client import OP_CLOSE, OP_TEXT, WsConn, close_all, open_many, parse_frames
 
@@ -45,6 +57,10 @@ BURST, WINDOW = 10, 20  # defaults: send 10 at a time, at most 20 not yet delive
 WARMUP_MESSAGES = 20
 PREFILL_MESSAGES, PREFILL_PAD = 240, 15000  # 3.6 MB: more than a stalled socket's kernel buffers
 
+
+# No WebSocket pings from our server: the closed loop reads most members in bulk and
+# would answer them late (the naive server sends none either).
+QUIET = {"ws_ping_interval": "0"}
 
 # A run lasts ~5 s, as long as the default slow_consumer_timeout: shorten it so
 # the stalled member is seen being closed.
@@ -61,13 +77,16 @@ class Options:
     burst: int
     window: int
     gc_threshold: str | None  # our server's WEBSERVER_GC_THRESHOLDS; None = its configured default
+    mode: str  # "closed" or "bursts"
+    idle: int  # idle connections besides the room (ours only)
+    profile: Path | None  # py-spy profiles of ours' first round go here
 
 
 @dataclass(frozen=True)
 class Outcome:
     variant: str
     n: int
-    phase: Phase
+    phase: Phase | ClosedPhase
     server_cpu: float  # fraction of one core used during the measured phase
     client_cpu: float
     note: str = ""
@@ -111,32 +130,53 @@ def drain_stalled(conn: WsConn, tag: str, seconds: float = 3.0) -> tuple[int, in
 
 
 def measure(host: str, port: int, pid: int, variant: str, n: int, messages: int, *,
-            burst: int = BURST, window: int = WINDOW, stalled_member: bool = False,
-            prefill: bool = False) -> Outcome:
+            mode: str = "bursts", burst: int = BURST, window: int = WINDOW,
+            stalled_member: bool = False, prefill: bool = False, idle: int = 0,
+            profile: Path | None = None) -> Outcome:
     tag = os.urandom(4).hex()
     conns: list[WsConn] = []
     try:
-        conns += open_many(host, port, ["/ws?username=sender"])
-        conns += open_many(host, port, [f"/ws?username=r{i}" for i in range(n - 1)])
+        if idle:
+            conns += open_many(host, port, [f"/ws?username=idle{i}&protocol=json" for i in range(idle)],
+                               batch=200)
+        room = open_many(host, port, ["/ws?username=sender"])
+        room += open_many(host, port, [f"/ws?username=r{i}" for i in range(n - 1)])
+        conns += room
         stalled = None
         if stalled_member:
             stalled = open_many(host, port, ["/ws?username=stalled"], rcvbuf=4096)[0]
             conns.append(stalled)
-        driver = FanoutDriver(conns[0], conns[1:n], tag)
+        # Both modes first make sure every member is in the room (probes until all have one).
+        driver = FanoutDriver(room[0], room[1:n] + ([stalled] if stalled else []), tag)
+        closed = ClosedLoop(room[0], room[1:n], tag) if mode == "closed" else None
         try:
             driver.sync()
             if prefill:
                 driver.run("p", PREFILL_MESSAGES, burst=burst, window=window, pad=PREFILL_PAD)
-            driver.run("w", WARMUP_MESSAGES, burst=burst, window=window)
-            cpu0, mine0, wall0 = cpu_seconds(pid), time.process_time(), time.monotonic()
-            phase = driver.run("m", messages, burst=burst, window=window)
-            wall = time.monotonic() - wall0
+            phase: Phase | ClosedPhase
+            if closed is not None:
+                closed.run("w", WARMUP_MESSAGES)
+            else:
+                driver.run("w", WARMUP_MESSAGES, burst=burst, window=window)
+            with recording(pid, profile) if profile else nullcontext():
+                cpu0, mine0, wall0 = cpu_seconds(pid), time.process_time(), time.monotonic()
+                if closed is not None:
+                    phase = closed.run("m", messages)
+                else:
+                    phase = driver.run("m", messages, burst=burst, window=window)
+                wall = time.monotonic() - wall0
             server_cpu = (cpu_seconds(pid) - cpu0) / wall
             client_cpu = (time.process_time() - mine0) / wall
         finally:
             driver.close()
+            if closed is not None:
+                closed.close()
         note = ""
-        if phase.stalled:
+        if isinstance(phase, ClosedPhase):
+            if phase.stalled or phase.lost or phase.out_of_order:
+                note = (f"INCOMPLETE: {phase.lost} deliveries lost, {phase.out_of_order} out of order"
+                        f"{' (stalled)' if phase.stalled else ''}")
+        elif phase.stalled:
             note = f"STALLED: {phase.completed}/{messages} messages reached everyone"
         if stalled is not None:
             got, code = drain_stalled(stalled, tag)
@@ -153,8 +193,9 @@ def messages_for(n: int, deliveries: int) -> int:
 
 def describe(o: Outcome) -> str:
     p = o.phase
+    deliveries = p.delivered if isinstance(p, ClosedPhase) else p.deliveries
     return (f"{o.variant:<12} N={o.n:<5} {p.rate:9.0f} msg/s  p50 {p.latency_ms(50):7.1f} ms  "
-            f"p99 {p.latency_ms(99):7.1f} ms  ({p.deliveries} deliveries of {p.sent} messages "
+            f"p99 {p.latency_ms(99):7.1f} ms  ({deliveries} deliveries of {p.sent} messages "
             f"in {p.seconds:.2f}s; CPU server {o.server_cpu:.0%} client {o.client_cpu:.0%})"
             f"{'  ' + o.note if o.note else ''}")
 
@@ -170,12 +211,13 @@ def summary_rows(outcomes: list[Outcome], variants: tuple[str, ...], sizes: list
     return out
 
 
-def render(outcomes: list[Outcome], variants: tuple[str, str], sizes: list[int], label: str) -> str:
+def render(outcomes: list[Outcome], variants: tuple[str, ...], sizes: list[int], label: str) -> str:
+    """The medians per variant and size, then the first variant against the second."""
     med = summary_rows(outcomes, variants, sizes)
     rows = [[v, str(n), f"{med[v, n][0]:.0f}", f"{med[v, n][1]:.1f}", f"{med[v, n][2]:.1f}"]
             for n in sizes for v in variants]
     lines = [table(["variant", "N", "delivered msg/s", "p50 ms", "p99 ms"], rows)]
-    a, b = variants
+    a, b = variants[:2]
     for n in sizes:
         lines.append(f"{label} at N={n}: throughput {ratio(med[a, n][0], med[b, n][0]):.2f}x, "
                      f"p50 {ratio(med[a, n][1], med[b, n][1]):.2f}x, "
@@ -195,12 +237,21 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--gc-threshold", default=None, metavar="G0,G1,G2",
                    help="our server's WEBSERVER_GC_THRESHOLDS (default: its own setting; '' = Python's)")
     p.add_argument("--window", type=int, default=WINDOW,
-                   help="messages in flight at most (sent, not yet delivered to every receiver)")
+                   help="bursts: messages in flight at most (sent, not yet delivered to every receiver)")
+    p.add_argument("--mode", choices=("closed", "bursts"), default="closed",
+                   help="closed: next message once the last member has the previous one")
+    p.add_argument("--idle", type=int, default=0, metavar="K",
+                   help="also run ours with K idle connections besides the room (variant ours+idle)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="py-spy the server through ours' measured runs of round 1; raw stacks "
+                        "to DIR/VARIANT-NN.raw, top functions printed")
     a = p.parse_args(argv)
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
     if not 0 < a.burst <= a.window:
         p.error("need 0 < burst <= window")
     return Options(a.rounds, [int(x) for x in a.sizes.split(",")], a.deliveries, a.isolation_n,
-                   a.tracing, a.burst, a.window, a.gc_threshold)
+                   a.tracing, a.burst, a.window, a.gc_threshold, a.mode, a.idle, a.profile)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,22 +260,35 @@ def main(argv: list[str] | None = None) -> int:
     pin_self(cores.client)
     raise_fd_limit()
     print(banner("WebSocket chat fan-out: ours vs naive Quart-Trio"))
-    print(f"{cores.describe()}; bursts of {opts.burst}, at most {opts.window} messages in flight; "
-          f"~{opts.deliveries} deliveries per run; latency sampled on 50 receivers; "
+    pattern = ("closed loop: the next message once the last member to join has the previous one; "
+               "latency on it and 20 more receivers" if opts.mode == "closed" else
+               f"bursts of {opts.burst}, at most {opts.window} messages in flight; "
+               "latency sampled on 50 receivers")
+    print(f"{cores.describe()}; {pattern}; ~{opts.deliveries} deliveries per run; "
           f"tracing in ours: {opts.tracing}"
           f"{'' if opts.gc_threshold is None else f'; gc thresholds {opts.gc_threshold!r} in ours'}; "
           f"{opts.rounds} rounds, variants alternating, "
           "fresh server per run", flush=True)
     outcomes: list[Outcome] = []
+    variants = ("ours", "naive", "ours+idle") if opts.idle else ("ours", "naive")
     for rnd in range(1, opts.rounds + 1):
         for n in opts.sizes:
-            for variant in ("ours", "naive"):
-                with start(variant, cores, opts.tracing, opts.gc_threshold) as (host, port, pid):
+            for variant in variants:
+                profile = (opts.profile / f"{variant}-N{n}.raw"
+                           if opts.profile and rnd == 1 and variant != "naive" else None)
+                with start(variant.split("+")[0], cores, opts.tracing, opts.gc_threshold,
+                           **QUIET) as (host, port, pid):
                     o = measure(host, port, pid, variant, n, messages_for(n, opts.deliveries),
-                                burst=opts.burst, window=opts.window)
+                                mode=opts.mode, burst=opts.burst, window=opts.window,
+                                idle=opts.idle if variant == "ours+idle" else 0, profile=profile)
                 outcomes.append(o)
                 print(f"  round {rnd} {describe(o)}", flush=True)
-    print(render(outcomes, ("ours", "naive"), opts.sizes, "ours/naive"), flush=True)
+                if profile:
+                    print(summarize(profile), flush=True)
+    print(render(outcomes, variants, opts.sizes, "ours/naive"), flush=True)
+    if opts.idle:
+        print(render(outcomes, ("ours+idle", "naive"), opts.sizes, f"ours+{opts.idle} idle/naive")
+              .splitlines()[-len(opts.sizes)], flush=True)
     if opts.isolation_n:
         n = opts.isolation_n
         prefill_mb = PREFILL_MESSAGES * PREFILL_PAD / 1e6
