@@ -67,9 +67,8 @@ def summarize(path: Path, top: int = 25) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";")[1:]]  # [0] is the process/thread
-        if not frames:
-            continue
+        # Outermost first; a coroutine's stack may start at the task, not at main.
+        frames = [_frame_name(f) for f in stack.split(";")]
         total += count
         own[frames[-1]] += count
         for name in set(frames):

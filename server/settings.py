@@ -68,6 +68,9 @@ class Settings:
     # Hypercorn pings each WebSocket this often (0 = never): with tcp_user_timeout
     # a peer that vanished without a FIN is found even on an idle connection.
     ws_ping_interval: float = 30.0
+    # The broadcaster writes a frame straight to a member's socket when it is free
+    # (server/http/direct_send.py); off: every frame goes through the writer task.
+    ws_direct_writes: bool = True
     ws_max_message_size: int = 131072
     max_chat_text_bytes: int = 16384
     max_value_bytes: int = 65536

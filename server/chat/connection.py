@@ -3,7 +3,9 @@ and its bounded outbound queue with the slow-consumer policy.
 
 Only the connection's own writer task awaits the socket. Everyone else hands
 it frames with `offer` (never blocks) or `send_reply` (bounded wait), so one
-stalled client cannot slow anybody else down.
+stalled client cannot slow anybody else down. A broadcast frame may skip the
+queue and be written at once (`direct`, server/http/direct_send.py) when nothing
+of this connection is queued or being written: the order stays the order offered.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol as Interface
 
 import trio
+
+from server.chat.wire import OutFrame
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,17 @@ class Wake:
 WAKE = Wake()
 Outgoing = str | Wake
 
+# What offer() did with a frame (falsy: not delivered).
+DROPPED, QUEUED, WRITTEN = 0, 1, 2
+
+
+class DirectWriter(Interface):
+    """A socket the broadcaster may write whole frames to without waiting."""
+
+    pending: bytes  # the rest of a frame written in part, for the writer task to finish
+
+    def write_now(self, data: bytes) -> bool: ...
+
 
 @dataclass(eq=False)
 class Connection:
@@ -51,6 +67,9 @@ class Connection:
     dropped: int = 0
     stuck_since: float | None = None
     close_request: tuple[int, str] | None = None
+    direct: DirectWriter | None = None
+    # Frames queued or in the writer's hands, not yet written: direct writes wait for 0.
+    backlog: int = 0
 
     # Extra room for the history a plain client is sent on connect, queued
     # before any live message so the two never interleave or repeat.
@@ -60,16 +79,23 @@ class Connection:
         self.outbox, self.inbox = trio.open_memory_channel[Outgoing](
             self.queue_size + self.history_reserve)
 
-    def offer(self, frame: str) -> bool:
-        """Queue a frame without waiting; on a full queue drop it and maybe evict.
-
-        Returns False when the frame was not queued. Called by the broadcaster.
+    def offer(self, frame: str | OutFrame) -> int:
+        """Write a frame at once (an OutFrame, when the socket is free and nothing of this
+        connection waits) or queue it without waiting; on a full queue drop it and maybe
+        evict. Returns WRITTEN, QUEUED or DROPPED (0). Called by the broadcaster.
         """
         if self.close_request is not None:
-            return False
+            return DROPPED
+        if isinstance(frame, OutFrame):
+            direct = self.direct
+            if direct is not None and not self.backlog and direct.write_now(frame.wire):
+                if direct.pending:  # written in part: the writer finishes it
+                    self.queue_nowait(WAKE)
+                return WRITTEN
+            frame = frame.text
         try:
-            self.outbox.send_nowait(frame)
-            return True
+            self.queue_nowait(frame)
+            return QUEUED
         except trio.WouldBlock:
             self.dropped += 1
             now = trio.current_time()
@@ -78,9 +104,14 @@ class Connection:
             elif now - self.stuck_since >= self.slow_timeout:
                 self.request_close(CLOSE_POLICY_VIOLATION,
                                    f"slow consumer: {self.dropped} messages dropped")
-            return False
+            return DROPPED
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
+            return DROPPED
+
+    def queue_nowait(self, item: Outgoing) -> None:
+        """Queue for the writer (trio.WouldBlock when full)."""
+        self.outbox.send_nowait(item)
+        self.backlog += 1
 
     async def send_reply(self, frame: str) -> bool:
         """Queue a reply to this client's own request, waiting (bounded) for room.
@@ -93,6 +124,7 @@ class Connection:
         with trio.move_on_after(self.slow_timeout):
             try:
                 await self.outbox.send(frame)
+                self.backlog += 1
                 return True
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
@@ -107,7 +139,7 @@ class Connection:
         if code == CLOSE_POLICY_VIOLATION:
             log.warning("closing connection %s (%s): %s", self.id, self.username, reason)
         try:
-            self.outbox.send_nowait(WAKE)
+            self.queue_nowait(WAKE)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # full: the writer checks close_request after its current send
 

@@ -4,7 +4,8 @@ Producers (connection readers) hand the broadcaster a message together with the
 OpenTelemetry context current when they produced it; the broadcaster re-attaches
 that context, so `chat.broadcast` is a child of the sender's `websocket.message`
 span although it runs in another task. Fan-out never awaits a client: each
-frame is encoded once per protocol and offered to every member's bounded queue.
+frame is encoded once per protocol (text and wire bytes) and offered to every
+member: written at once where the member's socket is free, else to its bounded queue.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import trio
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from server.chat.connection import Connection, Protocol
+from server.chat.connection import WRITTEN, Connection, Protocol
 from server.chat.rooms import ChatMessage, Room, Rooms
+from server.chat.wire import OutFrame
 from server.errors import InvalidInput, NotFound, Unavailable
 from tracing.chat import broadcast_span
 from tracing.ids import current_trace_id
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from tracing.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+_OUT = {"direction": "out"}  # websocket.messages: frames written to clients
 
 
 def utc_timestamp() -> str:
@@ -218,18 +222,31 @@ class Hub:
             room = self.rooms.get(msg.room)
             if room is not None:
                 room.history.append(msg)
-                frames: dict[Protocol, str] = {}
+                # One frame per protocol, made on first use (locals: this loop is the hot path).
+                plain: OutFrame | None = None
+                json_frame: OutFrame | None = None
+                written = queued = 0
                 for conn in list(room.members.values()):
                     if conn is exclude:
                         continue
-                    frame = frames.get(conn.protocol)
-                    if frame is None:
-                        frame = frames[conn.protocol] = self.encode_message(msg, conn.protocol)
-                    if conn.offer(frame):
-                        record.delivered += 1
+                    if conn.protocol is Protocol.TEXT:
+                        if plain is None:
+                            plain = OutFrame(self.encode_message(msg, Protocol.TEXT))
+                        frame = plain
+                    else:
+                        if json_frame is None:
+                            json_frame = OutFrame(self.encode_message(msg, Protocol.JSON))
+                        frame = json_frame
+                    offered = conn.offer(frame)
+                    if offered == WRITTEN:
+                        written += 1
+                    elif offered:
+                        queued += 1
                     else:
                         record.dropped += 1
                         self._maybe_evict(conn)
+                record.delivered += written + queued
+                self._count_written(written)
             self.stats.broadcasts += 1
             self.stats.delivered += record.delivered
             self.stats.dropped += record.dropped
@@ -241,10 +258,20 @@ class Hub:
         room = self.rooms.get(room_name)
         if room is None:
             return
-        frame = encode(presence)
+        frame = OutFrame(encode(presence))
+        written = 0
         for conn in list(room.members.values()):
-            if conn is not exclude and conn.protocol is Protocol.JSON and not conn.offer(frame):
-                self._maybe_evict(conn)
+            if conn is not exclude and conn.protocol is Protocol.JSON:
+                offered = conn.offer(frame)
+                if not offered:
+                    self._maybe_evict(conn)
+                written += offered == WRITTEN
+        self._count_written(written)
+
+    def _count_written(self, frames: int) -> None:
+        """Frames written directly count as sent here (the writer counts what it sends)."""
+        if frames and self.metrics is not None:
+            self.metrics.ws_messages.add(frames, _OUT)
 
     def _maybe_evict(self, conn: Connection) -> None:
         """A connection the slow-consumer policy closed stops receiving at once."""

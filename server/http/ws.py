@@ -3,7 +3,8 @@
 Served directly rather than through Quart's websocket machinery, which puts
 every inbound frame through a signal and an extra channel hop, and hides the
 close code a client sent. Each connection runs in its own nursery: a reader
-(client frames -> requests) and a writer (the only task that awaits the socket).
+(client frames -> requests) and a writer (the only task that awaits the socket;
+the broadcaster may write a frame without awaiting: server/http/direct_send.py).
 
 Two protocols share the endpoint:
 - plain text (the original): `/ws?username=NAME`, one room `default`, a text
@@ -33,6 +34,7 @@ from server.chat.connection import (
 )
 from server.chat.hub import Hub, encode
 from server.errors import RequestError
+from server.http.direct_send import DirectSocket
 from server.http.ws_protocol import FrameRefused, JsonSession, check_chat_text, error_frame, parse_request
 from server.validation import check_username
 from tracing import spans as S
@@ -112,6 +114,10 @@ class WebSocketSession:
                         "websocket.username": conn.username})
         self.json = JsonSession(conn, node.hub, node.kv, node.settings)
         self._protocol_attr = {S.WS_SUBPROTOCOL: conn.protocol.value}
+        self.direct: DirectSocket | None = None
+        # A frame's rest waits for the client as long as the kernel would let it ack
+        # nothing (tcp_user_timeout), and at least as long as the slow-consumer policy.
+        self._flush_seconds = max(node.settings.slow_consumer_timeout, node.settings.tcp_user_timeout)
 
     async def run(self, accept: WebsocketAcceptEvent) -> None:
         error: BaseException | None = None
@@ -125,8 +131,10 @@ class WebSocketSession:
                 # queued in the same step, so it comes first and nothing twice.
                 self.hub.join(self.conn, DEFAULT_ROOM)
                 for message in self.hub.history(DEFAULT_ROOM):
-                    self.conn.outbox.send_nowait(Hub.encode_message(message, Protocol.TEXT))
+                    self.conn.queue_nowait(Hub.encode_message(message, Protocol.TEXT))
             await self.send(accept)
+            if self.node.settings.ws_direct_writes:
+                self.direct = self.conn.direct = DirectSocket.attach(self.send)
             self.spans.connected()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, nursery.cancel_scope)
@@ -134,6 +142,7 @@ class WebSocketSession:
         except Exception as exc:  # a server fault: record it, tell the client 1011
             error = exc
             log.exception("connection %s failed", self.conn.id)
+            self._stop_direct()
             self.close_code = CLOSE_INTERNAL_ERROR
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -141,10 +150,17 @@ class WebSocketSession:
                                  "reason": "internal server error"})
         finally:
             self.hub.remove(self.conn)
+            self._stop_direct()
             self.node.metrics.ws_connections.add(-1, self._protocol_attr)
             self.conn.outbox.close()
             self.spans.closed(self.close_code, error,
                               self.conn.close_request[1] if self.conn.close_request else None)
+
+    def _stop_direct(self) -> None:
+        """No more direct writes; a frame left half written ends the socket (it cannot go on)."""
+        self.conn.direct = None
+        if self.direct is not None:
+            self.direct.abandon()
 
     # -- reading -------------------------------------------------------------
     async def _reader(self, cancel: trio.CancelScope) -> None:
@@ -211,14 +227,22 @@ class WebSocketSession:
         batching = conn.protocol is Protocol.JSON
         while True:
             item = await inbox.receive()
+            taken = 1
             frames = [] if isinstance(item, Wake) else [item]
             while len(frames) < MAX_BATCH:  # drain what is queued: one wake-up, one send
                 try:
                     more = inbox.receive_nowait()
                 except trio.WouldBlock:
                     break
+                taken += 1
                 if not isinstance(more, Wake):
                     frames.append(more)
+            # A frame the broadcaster wrote in part goes out first (it holds the send lock).
+            direct = self.direct
+            if direct is not None and direct.pending and not await direct.flush(self._flush_seconds):
+                self._stop_direct()
+                cancel.cancel()  # the socket is closed: the connection is over
+                return
             if conn.close_request is not None and conn.close_request[0] == CLOSE_POLICY_VIOLATION:
                 break  # a slow consumer gets no more frames, only the close
             if batching and len(frames) > 1:
@@ -229,6 +253,7 @@ class WebSocketSession:
                     await self.send({"type": "websocket.send", "bytes": None, "text": frame})
             if frames:
                 self.node.metrics.ws_messages.add(len(frames), _OUT)
+            conn.backlog -= taken
             conn.mark_drained()
             if conn.close_request is not None:
                 break
