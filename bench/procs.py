@@ -42,11 +42,19 @@ class Cores:
         return f"server on CPU {self.server}, load generator and helpers on CPU {self.client}"
 
 
+# cpu=EVERY_CPU: any CPU, not the load generator's one a child would inherit (pin_self).
+EVERY_CPU = -1
+
+
+def cpu_set(cpu: int) -> set[int]:
+    return set(_CPUS) if cpu == EVERY_CPU else {cpu}
+
+
 def pinned(cpu: int | None, argv: Sequence[str]) -> list[str]:
     """`argv` run under `taskset -c cpu` (unchanged when cpu is None)."""
     if cpu is None or not os.path.exists(TASKSET):
         return list(argv)
-    return [TASKSET, "-c", str(cpu), *argv]
+    return [TASKSET, "-c", ",".join(map(str, sorted(cpu_set(cpu)))), *argv]
 
 
 # Captured at import, before any benchmark pins this process to one CPU.
@@ -190,7 +198,7 @@ def server(module: str, cpu: int | None, env: Mapping[str, str], *, name: str | 
     child = Child(argv, env, name or module, cwd)
     try:
         url = child.wait_for_line(_URL).group(1)
-        if cpu is not None and os.sched_getaffinity(child.pid) != {cpu}:
+        if cpu is not None and os.sched_getaffinity(child.pid) != cpu_set(cpu):
             raise RuntimeError(f"{child.name} is not pinned to CPU {cpu}")
         yield child, url
     finally:

@@ -1,6 +1,7 @@
 """One process against `--workers 2`: HTTP `GET /kv/{key}` req/s and chat fan-out.
 
-`python -m bench.workers [--cycles 10] [--seconds 2] [--sizes 200] [--rounds 2]`.
+`python -m bench.workers [--cycles 10] [--seconds 2] [--sizes 200] [--rounds 2] [--path /kv/bench]`
+(`--path /health`: a request that touches no shared state, how the workers themselves scale).
 
 Variants (all `python -m server`, tracing off):
 - 1:      one node, the default memory engine: what `make run` serves
@@ -17,7 +18,7 @@ plain protocol; with workers the members land on both and every message crosses)
 
 On 2 cores the comparison is not clean, and the output says so: the one-process
 variant is pinned to the server core with the load generator on the other, but two
-workers need both cores, so they share one with the load generator (unpinned) and
+workers need both cores, so they share them with the load generator (any CPU) and
 the ratio understates what a second core gives when the load comes from elsewhere.
 """
 
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 from bench.fanout import measure, messages_for
 from bench.http_kv import put_key, total_rate
 from bench.http_load import LoadResult, run_python, run_wrk, wrk_path
-from bench.procs import Cores, choose_cores, node_env, pin_self, raise_fd_limit, server
+from bench.procs import EVERY_CPU, Cores, choose_cores, node_env, pin_self, raise_fd_limit, server
 from bench.report import banner, median, ratio, table
 from server.workers import READY_LINE
 
@@ -53,6 +54,7 @@ class Options:
     sizes: list[int]  # fan-out room sizes; [] skips fan-out
     rounds: int
     deliveries: int
+    path: str  # what the HTTP load requests
 
 
 def variant_args(variant: str) -> tuple[list[str], dict[str, str]]:
@@ -63,9 +65,10 @@ def variant_args(variant: str) -> tuple[list[str], dict[str, str]]:
 
 @contextmanager
 def start(variant: str, cores: Cores, **settings: str) -> Iterator[tuple[str, int]]:
-    """One variant's server; yields (URL, the pid to report). Workers are not pinned."""
+    """One variant's server; yields (URL, the pid to report). Workers may run on any CPU
+    (not the load generator's alone, which they would inherit from this process)."""
     args, more = variant_args(variant)
-    cpu = cores.server if variant == "1" else None
+    cpu = cores.server if variant == "1" else EVERY_CPU
     with server("server", cpu, node_env("off", **more, **settings), name=f"workers-{variant}",
                 args=args) as (child, url):
         if args:  # a worker's listening line came first: wait until they form one cluster
@@ -74,7 +77,7 @@ def start(variant: str, cores: Cores, **settings: str) -> Iterator[tuple[str, in
 
 
 def load(url: str, opts: Options, cores: Cores) -> LoadResult:
-    target = f"{url}/kv/bench"
+    target = f"{url}{opts.path}"
     if opts.client == "wrk":
         return run_wrk(target, seconds=opts.seconds, connections=opts.connections, threads=2,
                        cpu=cores.client)
@@ -134,10 +137,11 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--sizes", default="200", help="fan-out room sizes, comma-separated ('' skips)")
     p.add_argument("--rounds", type=int, default=2, help="fan-out runs per variant and size")
     p.add_argument("--deliveries", type=int, default=40_000, help="fan-out deliveries per run")
+    p.add_argument("--path", default="/kv/bench", help="what the HTTP load GETs (/health: no shared state)")
     a = p.parse_args(argv)
     client = ("wrk" if wrk_path() else "python") if a.client == "auto" else a.client
     sizes = [int(x) for x in a.sizes.split(",") if x]
-    return Options(a.cycles, a.seconds, a.connections, client, sizes, a.rounds, a.deliveries)
+    return Options(a.cycles, a.seconds, a.connections, client, sizes, a.rounds, a.deliveries, a.path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     pin_self(cores.client)
     raise_fd_limit()
     print(banner("workers: one process vs --workers 2 (HTTP GET /kv/{key}, chat fan-out)"))
-    print(f"{cores.describe()} for the one-process variant. The two workers are NOT pinned: on "
+    print(f"{cores.describe()} for the one-process variant. The two workers may run on any CPU: on "
           f"{os.cpu_count()} cores they share one with the load generator, no core is left to the "
           "load, and the ratio understates what a second core gives", flush=True)
-    print(f"HTTP: {opts.client}, {opts.connections} keep-alive connections, {opts.cycles} cycles of "
-          f"{opts.seconds:g}s slices; variants: 1 (memory engine), 2 (mesh, R=2), 2-r1 (mesh, R=1)",
+    print(f"HTTP GET {opts.path}: {opts.client}, {opts.connections} keep-alive connections, "
+          f"{opts.cycles} cycles of {opts.seconds:g}s slices; variants: 1 (memory engine), "
+          "2 (mesh, R=2), 2-r1 (mesh, R=1)",
           flush=True)
     totals = http_bench(opts, cores)
-    print(f"HTTP GET /kv/{{key}}: 2 workers / 1 = {ratio(totals['2'], totals['1']):.2f}, "
+    print(f"HTTP GET {opts.path}: 2 workers / 1 = {ratio(totals['2'], totals['1']):.2f}, "
           f"2 workers R=1 / 1 = {ratio(totals['2-r1'], totals['1']):.2f}", flush=True)
     if opts.sizes:
         print(f"fan-out: closed loop, plain protocol, ~{opts.deliveries} deliveries per run, "
