@@ -179,7 +179,7 @@ def received(conn: Connection, kind: str = "message") -> list[dict[str, Any]]:
     frames: list[dict[str, Any]] = []
     while True:
         try:
-            frame = conn.inbox.receive_nowait()
+            frame = conn.take_nowait()
         except trio.WouldBlock:
             return [f for f in frames if f.get("type") == kind]
         if isinstance(frame, str):

@@ -58,9 +58,8 @@ async def test_stalled_reader_is_dropped_then_closed_and_others_unaffected(
     room = node.node.hub.rooms.get("default")
     assert room is not None and stalled_conn.id not in room.members
     # Its queue stayed bounded the whole time (plus the reserve for join history).
-    stats = stalled_conn.outbox.statistics()
-    assert stats.max_buffer_size == 8 + node.node.settings.history_size
-    assert stats.current_buffer_used <= stats.max_buffer_size
+    assert stalled_conn.capacity == 8 + node.node.settings.history_size
+    assert stalled_conn.queued <= stalled_conn.capacity
 
     # When it reads again it gets what was already on the wire, then the 1008 close.
     with pytest.raises(ConnectionClosed) as info, trio.fail_after(10):

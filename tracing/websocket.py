@@ -34,6 +34,10 @@ def request_refused(span: Span, code: str, message: str) -> None:
 
 
 class ConnectionSpans:
+    # Lives as long as its connection: slots, and the span's context and link made when
+    # used rather than kept (issue 13: memory per idle WebSocket).
+    __slots__ = ("_started", "base", "span", "tracer")
+
     def __init__(self, tracer: trace.Tracer, *, peer: str, connection_id: str,
                  headers: Mapping[str, str], attributes: Mapping[str, str | int]) -> None:
         self.tracer = tracer
@@ -42,20 +46,22 @@ class ConnectionSpans:
         self.span: Span = tracer.start_span(
             S.WS_CONNECTION, context=extract(headers), kind=SpanKind.SERVER,
             attributes={**self.base, S.HTTP_ROUTE: "/ws", **attributes})
-        self._context = trace.set_span_in_context(self.span)
-        self._links = [Link(self.span.get_span_context())]
+
+    def _context(self) -> otel_context.Context:
+        return trace.set_span_in_context(self.span)
 
     def duration_ms(self) -> int:
         return int((time.monotonic() - self._started) * 1000)
 
     def connected(self) -> None:
-        self.tracer.start_span(S.WS_CONNECT, context=self._context, attributes=self.base).end()
+        self.tracer.start_span(S.WS_CONNECT, context=self._context(), attributes=self.base).end()
 
     @contextmanager
     def message(self, message_type: str, size: int) -> Iterator[Span]:
         """The span of one client frame, current while it is handled."""
         span = self.tracer.start_span(
-            S.WS_MESSAGE, context=otel_context.Context(), kind=SpanKind.SERVER, links=self._links,
+            S.WS_MESSAGE, context=otel_context.Context(), kind=SpanKind.SERVER,
+            links=[Link(self.span.get_span_context())],
             attributes={S.WS_MESSAGE_TYPE: message_type, S.WS_MESSAGE_SIZE: size,
                         S.WS_CONNECTION_ID: self.base[S.WS_CONNECTION_ID]})
         with trace.use_span(span, end_on_exit=True, record_exception=False,
@@ -83,7 +89,7 @@ class ConnectionSpans:
                                        S.WS_CLOSED_BY: "client" if close_code is None else "server"}
         if close_code is not None:
             attrs[S.WS_CLOSE_CODE] = close_code
-        self.tracer.start_span(S.WS_DISCONNECT, context=self._context, attributes=attrs).end()
+        self.tracer.start_span(S.WS_DISCONNECT, context=self._context(), attributes=attrs).end()
         self.span.set_attributes(attrs)
         if error is not None:
             S.fail(self.span, error)

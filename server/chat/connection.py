@@ -6,12 +6,19 @@ it frames with `offer` (never blocks) or `send_reply` (bounded wait), so one
 stalled client cannot slow anybody else down. A broadcast frame may skip the
 queue and be written at once (`direct`, server/http/direct_send.py) when nothing
 of this connection is queued or being written: the order stays the order offered.
+
+The queue is a deque made on first use and dropped once drained, not a trio memory
+channel, and `on_queued` starts the writer only when there is something to write:
+an idle connection holds no queue and no writer task (issue 13: memory per idle
+WebSocket).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol as Interface
@@ -55,7 +62,7 @@ class DirectWriter(Interface):
     def write_now(self, data: bytes) -> bool: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     username: str
     protocol: Protocol
@@ -74,10 +81,20 @@ class Connection:
     # Extra room for the history a plain client is sent on connect, queued
     # before any live message so the two never interleave or repeat.
     history_reserve: int = 0
+    # Called when something is queued: the session starts its writer if none runs.
+    on_queued: Callable[[], None] | None = field(default=None, repr=False)
+    _queue: deque[Outgoing] | None = field(default=None, init=False, repr=False)  # None while empty
+    _closed: bool = field(default=False, init=False, repr=False)
+    # Replies waiting for room (send_reply), made on first use.
+    _room: trio.lowlevel.ParkingLot | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.outbox, self.inbox = trio.open_memory_channel[Outgoing](
-            self.queue_size + self.history_reserve)
+    @property
+    def capacity(self) -> int:
+        return self.queue_size + self.history_reserve
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue) if self._queue is not None else 0
 
     def offer(self, frame: str | OutFrame) -> int:
         """Write a frame at once (an OutFrame, when the socket is free and nothing of this
@@ -109,9 +126,37 @@ class Connection:
             return DROPPED
 
     def queue_nowait(self, item: Outgoing) -> None:
-        """Queue for the writer (trio.WouldBlock when full)."""
-        self.outbox.send_nowait(item)
+        """Queue for the writer (trio.WouldBlock when full, ClosedResourceError once closed)."""
+        if self._closed:
+            raise trio.ClosedResourceError
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        elif len(queue) >= self.queue_size + self.history_reserve:
+            raise trio.WouldBlock
+        queue.append(item)
         self.backlog += 1
+        if self.on_queued is not None:
+            self.on_queued()
+
+    def take_nowait(self) -> Outgoing:
+        """The oldest queued item, for the writer (trio.WouldBlock when empty)."""
+        queue = self._queue
+        if not queue:
+            raise trio.WouldBlock
+        item = queue.popleft()
+        if not queue:
+            self._queue = None  # an idle connection keeps no deque (~600 bytes)
+        if self._room:
+            self._room.unpark()
+        return item
+
+    def close_queue(self) -> None:
+        """No more frames (the connection ended): queueing raises, waiting replies give up."""
+        self._closed = True
+        self._queue = None
+        if self._room:
+            self._room.unpark_all()
 
     async def send_reply(self, frame: str) -> bool:
         """Queue a reply to this client's own request, waiting (bounded) for room.
@@ -121,12 +166,16 @@ class Connection:
         """
         if self.close_request is not None:
             return False
+        await trio.lowlevel.checkpoint()
         with trio.move_on_after(self.slow_timeout):
+            while self.queued >= self.capacity and not self._closed:
+                if self._room is None:
+                    self._room = trio.lowlevel.ParkingLot()
+                await self._room.park()  # take_nowait makes room
             try:
-                await self.outbox.send(frame)
-                self.backlog += 1
+                self.queue_nowait(frame)
                 return True
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except trio.ClosedResourceError:
                 return False
         self.request_close(CLOSE_POLICY_VIOLATION, "slow consumer: replies not read")
         return False

@@ -50,9 +50,11 @@ class HandoffLock:
     straight to the next waiter as trio.Lock is, but with no owner task: `hold_nowait`
     takes it in one task and `release` may come from another."""
 
+    __slots__ = ("_held", "_lot")
+
     def __init__(self) -> None:
         self._held = False
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made by the first waiter (rare)
 
     def locked(self) -> bool:
         return self._held
@@ -74,6 +76,8 @@ class HandoffLock:
     async def __aenter__(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._held:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
             await self._lot.park()  # woken by release(), holding it
         else:
             self._held = True
@@ -92,6 +96,8 @@ def _deflate_accepted(ws: WSStream) -> bool:
 
 class DirectSocket:
     """One WebSocket connection's socket, written by the broadcaster when it is free."""
+
+    __slots__ = ("_lock", "_sock", "_stream", "_ws", "partial_writes", "pending")
 
     def __init__(self, ws: WSStream, stream: trio.SocketStream, lock: HandoffLock) -> None:
         self._ws = ws

@@ -50,6 +50,8 @@ DEFAULT_ROOM = "default"
 # Frames the writer sends as one batch frame at most (JSON protocol).
 MAX_BATCH = 64
 _OUT = {"direction": "out"}
+# websocket.connections' attributes, one dict per protocol rather than one per connection.
+_PROTOCOL_ATTRS = {p: {S.WS_SUBPROTOCOL: p.value} for p in Protocol}
 
 
 
@@ -100,6 +102,23 @@ async def websocket_endpoint(node: Node, scope: WebsocketScope, receive: ASGIRec
 
 
 class WebSocketSession:
+    # Slots: one of these lives as long as its connection (issue 13: memory per idle WebSocket).
+    __slots__ = (
+        "_flush_seconds",
+        "_nursery",
+        "_protocol_attr",
+        "_requests",
+        "_writing",
+        "close_code",
+        "conn",
+        "direct",
+        "hub",
+        "node",
+        "receive",
+        "send",
+        "spans",
+    )
+
     def __init__(self, node: Node, conn: Connection, scope: WebsocketScope, send: ASGISendCallable,
                  receive: ASGIReceiveCallable) -> None:
         self.node = node
@@ -112,12 +131,14 @@ class WebSocketSession:
             node.tracer, peer=conn.peer, connection_id=conn.id, headers=_headers(scope),
             attributes={"websocket.subprotocol": conn.protocol.value,
                         "websocket.username": conn.username})
-        self.json = JsonSession(conn, node.hub, node.kv, node.settings)
-        self._protocol_attr = {S.WS_SUBPROTOCOL: conn.protocol.value}
+        self._requests: JsonSession | None = None  # made by the first JSON request
+        self._protocol_attr = _PROTOCOL_ATTRS[conn.protocol]
         self.direct: DirectSocket | None = None
         # A frame's rest waits for the client as long as the kernel would let it ack
         # nothing (tcp_user_timeout), and at least as long as the slow-consumer policy.
         self._flush_seconds = max(node.settings.slow_consumer_timeout, node.settings.tcp_user_timeout)
+        self._nursery: trio.Nursery | None = None
+        self._writing = False  # a writer task runs (it ends once the queue is empty)
 
     async def run(self, accept: WebsocketAcceptEvent) -> None:
         error: BaseException | None = None
@@ -136,9 +157,14 @@ class WebSocketSession:
             if self.node.settings.ws_direct_writes:
                 self.direct = self.conn.direct = DirectSocket.attach(self.send)
             self.spans.connected()
+            # The reader runs in this task; a writer only while something is queued
+            # (an idle connection has no task of its own but Hypercorn's and this one).
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, nursery.cancel_scope)
-                nursery.start_soon(self._writer, nursery.cancel_scope)
+                self._nursery = nursery
+                self.conn.on_queued = self._start_writer
+                if self.conn.queued:  # the join history, or frames offered meanwhile
+                    self._start_writer()
+                await self._reader(nursery.cancel_scope)
         except Exception as exc:  # a server fault: record it, tell the client 1011
             error = exc
             log.exception("connection %s failed", self.conn.id)
@@ -152,7 +178,8 @@ class WebSocketSession:
             self.hub.remove(self.conn)
             self._stop_direct()
             self.node.metrics.ws_connections.add(-1, self._protocol_attr)
-            self.conn.outbox.close()
+            self.conn.on_queued = None
+            self.conn.close_queue()
             self.spans.closed(self.close_code, error,
                               self.conn.close_request[1] if self.conn.close_request else None)
 
@@ -214,29 +241,49 @@ class WebSocketSession:
         self.node.metrics.ws_messages.add(1, {"direction": "in", S.WS_MESSAGE_TYPE: kind})
         with self.spans.message(kind, size) as span:
             try:
-                reply = await self.json.handle(kind, request)
+                if self._requests is None:
+                    self._requests = JsonSession(self.conn, self.hub, self.node.kv, self.node.settings)
+                reply = await self._requests.handle(kind, request)
             except RequestError as exc:
                 request_refused(span, exc.code, exc.describe())
                 reply = error_frame(exc, kind, request.get("ref"))
             await self.conn.send_reply(reply)
 
     # -- writing -------------------------------------------------------------
+    def _start_writer(self) -> None:
+        """Connection.on_queued: a writer for what was just queued, unless one runs."""
+        if self._writing or self._nursery is None:
+            return
+        try:
+            self._nursery.start_soon(self._writer, self._nursery.cancel_scope)
+        except RuntimeError:  # the nursery has closed: the connection is over
+            return
+        self._writing = True
+
     async def _writer(self, cancel: trio.CancelScope) -> None:
+        try:
+            await self._write_queued(cancel)
+        finally:
+            self._writing = False
+
+    async def _write_queued(self, cancel: trio.CancelScope) -> None:
+        """Write until the queue is empty (then return: the next frame starts a writer
+        again) or the connection is to close (then close it)."""
         conn = self.conn
-        inbox = conn.inbox
         batching = conn.protocol is Protocol.JSON
         while True:
-            item = await inbox.receive()
-            taken = 1
-            frames = [] if isinstance(item, Wake) else [item]
+            frames: list[str] = []
+            taken = 0
             while len(frames) < MAX_BATCH:  # drain what is queued: one wake-up, one send
                 try:
-                    more = inbox.receive_nowait()
+                    item = conn.take_nowait()
                 except trio.WouldBlock:
                     break
                 taken += 1
-                if not isinstance(more, Wake):
-                    frames.append(more)
+                if not isinstance(item, Wake):
+                    frames.append(item)
+            if not taken and conn.close_request is None and not (self.direct and self.direct.pending):
+                return
             # A frame the broadcaster wrote in part goes out first (it holds the send lock).
             direct = self.direct
             if direct is not None and direct.pending and not await direct.flush(self._flush_seconds):

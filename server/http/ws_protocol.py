@@ -96,6 +96,8 @@ def error_frame(exc: RequestError, op: str | None, ref: Any) -> str:
 class JsonSession:
     """Handles the requests of one JSON-protocol connection."""
 
+    __slots__ = ("conn", "hub", "kv", "settings")
+
     def __init__(self, conn: Connection, hub: Hub, kv: KVStore, settings: Settings) -> None:
         self.conn = conn
         self.hub = hub
