@@ -221,13 +221,9 @@ class LocalCluster(Supervisor):
         deadline = time.monotonic() + MESH_DEADLINE
         seen: dict[str, list[str] | None] = {}
         while True:
+            if self._died_while("the cluster formed"):
+                return False
             for child in self.children:
-                if not child.alive:
-                    child.reported_exit = True
-                    self.output.error(f"node {child.plan.name} stopped while the cluster formed "
-                                      f"({describe_exit(child.process.returncode)}); "
-                                      "stopping the cluster")
-                    return False
                 seen[child.plan.name] = fetch_nodes(child.plan.http_host, child.plan.http_port)
             # Valkey may still list nodes of an earlier run (until their heartbeat key
             # expires) or of other clusters sharing a --valkey-url: all N present is enough.

@@ -210,6 +210,17 @@ class Supervisor:
         if self.stop_requested.wait(seconds):
             raise Stop
 
+    def _died_while(self, during: str) -> bool:
+        """Report a child that has stopped while `during` (True: one has; the caller
+        stops them all)."""
+        for child in self.children:
+            if not child.alive:
+                child.reported_exit = True
+                self.output.error(f"{self.member} {child.plan.name} stopped while {during} "
+                                  f"({describe_exit(child.process.returncode)}); stopping {self.group}")
+                return True
+        return False
+
     # -- the run -------------------------------------------------------------
     def run(self) -> int:
         handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

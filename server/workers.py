@@ -157,13 +157,8 @@ class WorkerPool(Supervisor):
         deadline = time.monotonic() + READY_DEADLINE
         last: list[str] | None = None
         while True:
-            for child in self.children:
-                if not child.alive:
-                    child.reported_exit = True
-                    self.output.error(f"worker {child.plan.name} stopped while the workers formed a "
-                                      f"cluster ({describe_exit(child.process.returncode)}); "
-                                      "stopping the workers")
-                    return False
+            if self._died_while("the workers formed a cluster"):
+                return False
             last = fetch_nodes(plan.http_host, plan.http_port) or last
             if last is not None and (expected <= set(last) if self.engine.kind == "valkey"
                                      else set(last) == expected):
