@@ -101,6 +101,29 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def fd_limit(pid: int | None = None) -> int:
+    """Soft RLIMIT_NOFILE of `pid` (from /proc/PID/limits), or of this process; -1: unlimited."""
+    if pid is None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return -1 if soft == resource.RLIM_INFINITY else soft
+    with open(f"/proc/{pid}/limits", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft_text = line.split()[3]
+                return -1 if soft_text == "unlimited" else int(soft_text)
+    raise RuntimeError(f"no open-files limit for pid {pid}")
+
+
+def check_fd_room(count: int, pid: int | None = None, spare: int = 256) -> None:
+    """Fail at once, saying why, unless `pid` (None: this process) may open `count` more
+    sockets besides `spare` for its own files, rather than midway with EMFILE."""
+    limit = fd_limit(pid)
+    if 0 <= limit < count + spare:
+        who = "this process" if pid is None else f"process {pid}"
+        raise RuntimeError(f"{who} may open {limit} files; {count} connections need "
+                           f"{count + spare}: raise the hard limit (ulimit -Hn)")
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of `pid` in KiB, from /proc/PID/status (VmRSS)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as f:

@@ -22,7 +22,17 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bench.procs import Cores, child_env, choose_cores, node_env, pin_self, raise_fd_limit, rss_kib, server
+from bench.procs import (
+    Cores,
+    check_fd_room,
+    child_env,
+    choose_cores,
+    node_env,
+    pin_self,
+    raise_fd_limit,
+    rss_kib,
+    server,
+)
 from bench.report import banner, median, ratio, table
 from bench.ws_client import WsConn, close_all, open_many
 
@@ -74,6 +84,8 @@ def still_open(conns: list[WsConn]) -> int:
 
 def measure(variant: str, cores: Cores, count: int, settle: float) -> Sample:
     with start(variant, cores) as (host, port, pid):
+        check_fd_room(count)  # both ends hold one socket per connection
+        check_fd_room(count, pid)
         time.sleep(settle)
         before = rss_kib(pid)
         conns = open_many(host, port, [f"/ws?username=idle{i}" for i in range(count)])

@@ -34,18 +34,23 @@ def request_refused(span: Span, code: str, message: str) -> None:
 
 
 class ConnectionSpans:
-    # Lives as long as its connection: slots, and the span's context and link made when
-    # used rather than kept (issue 13: memory per idle WebSocket).
-    __slots__ = ("_started", "base", "span", "tracer")
+    # Lives as long as its connection: slots, and the span's context, link and common
+    # attributes made when used rather than kept (issue 13: memory per idle WebSocket).
+    __slots__ = ("_started", "connection_id", "peer", "span", "tracer")
 
     def __init__(self, tracer: trace.Tracer, *, peer: str, connection_id: str,
                  headers: Mapping[str, str], attributes: Mapping[str, str | int]) -> None:
         self.tracer = tracer
-        self.base = {S.WS_PEER: peer, S.WS_CONNECTION_ID: connection_id}
+        self.peer = peer  # strings the Connection holds anyway: no dict of them kept
+        self.connection_id = connection_id
         self._started = time.monotonic()
         self.span: Span = tracer.start_span(
             S.WS_CONNECTION, context=extract(headers), kind=SpanKind.SERVER,
-            attributes={**self.base, S.HTTP_ROUTE: "/ws", **attributes})
+            attributes={**self._base(), S.HTTP_ROUTE: "/ws", **attributes})
+
+    def _base(self) -> dict[str, str | int]:
+        """The attributes every span of the connection carries."""
+        return {S.WS_PEER: self.peer, S.WS_CONNECTION_ID: self.connection_id}
 
     def _context(self) -> otel_context.Context:
         return trace.set_span_in_context(self.span)
@@ -54,7 +59,7 @@ class ConnectionSpans:
         return int((time.monotonic() - self._started) * 1000)
 
     def connected(self) -> None:
-        self.tracer.start_span(S.WS_CONNECT, context=self._context(), attributes=self.base).end()
+        self.tracer.start_span(S.WS_CONNECT, context=self._context(), attributes=self._base()).end()
 
     @contextmanager
     def message(self, message_type: str, size: int) -> Iterator[Span]:
@@ -63,7 +68,7 @@ class ConnectionSpans:
             S.WS_MESSAGE, context=otel_context.Context(), kind=SpanKind.SERVER,
             links=[Link(self.span.get_span_context())],
             attributes={S.WS_MESSAGE_TYPE: message_type, S.WS_MESSAGE_SIZE: size,
-                        S.WS_CONNECTION_ID: self.base[S.WS_CONNECTION_ID]})
+                        S.WS_CONNECTION_ID: self.connection_id})
         with trace.use_span(span, end_on_exit=True, record_exception=False,
                             set_status_on_exception=False):
             try:
@@ -85,8 +90,8 @@ class ConnectionSpans:
                 S.WS_CLOSE_CODE: close_code, S.ERROR_TYPE: PROTOCOL_ERROR_CODES[close_code],
                 S.EXCEPTION_MESSAGE: S.clip(reason or "")})
         duration = self.duration_ms()
-        attrs: dict[str, str | int] = {**self.base, S.WS_DURATION_MS: duration,
-                                       S.WS_CLOSED_BY: "client" if close_code is None else "server"}
+        attrs = {**self._base(), S.WS_DURATION_MS: duration,
+                 S.WS_CLOSED_BY: "client" if close_code is None else "server"}
         if close_code is not None:
             attrs[S.WS_CLOSE_CODE] = close_code
         self.tracer.start_span(S.WS_DISCONNECT, context=self._context(), attributes=attrs).end()
