@@ -58,7 +58,7 @@ class Node:
                        max_rooms_per_connection=settings.max_rooms_per_connection,
                        queue_size=settings.broadcast_queue_size,
                        publish_timeout=settings.slow_consumer_timeout, metrics=self.metrics,
-                       bus=self.engine.chat)
+                       bus=self.engine.chat, ping_interval=settings.ws_ping_interval)
         if isinstance(self.engine, MeshEngine):
             self.engine.serve_trace_lookups(self._on_traces_get)
         self.started_at = time.monotonic()
@@ -68,6 +68,7 @@ class Node:
         """The node's long-lived services; returns only when cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.run_broadcaster)
+            await nursery.start(self.hub.run_pinger)
             await nursery.start(self.engine.run)
             task_status.started()
 

@@ -56,7 +56,8 @@ def hypercorn_config(settings: Settings) -> HypercornConfig:
     # Hypercorn's own cap is a backstop; we check the real limit and say why in the close.
     config.websocket_max_message_size = settings.ws_max_message_size * 4
     config.graceful_timeout = settings.shutdown_timeout
-    config.websocket_ping_interval = settings.ws_ping_interval or None
+    # The node pings its WebSockets itself (Hub.run_pinger): one task, not one per connection.
+    config.websocket_ping_interval = None
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config

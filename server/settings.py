@@ -65,7 +65,7 @@ class Settings:
     slow_consumer_timeout: float = 5.0
     # Kernel-level cap on unacknowledged/unsent data (TCP_USER_TIMEOUT); 0 = off.
     tcp_user_timeout: float = 20.0
-    # Hypercorn pings each WebSocket this often (0 = never): with tcp_user_timeout
+    # The node pings each WebSocket this often (0 = never; Hub.run_pinger): with tcp_user_timeout
     # a peer that vanished without a FIN is found even on an idle connection.
     ws_ping_interval: float = 30.0
     # The broadcaster writes a frame straight to a member's socket when it is free

@@ -99,6 +99,7 @@ class RawClient:
         self.events: deque[Event] = deque()
         self.texts: list[str] = []  # whole text messages, in order
         self.pongs: list[bytes] = []
+        self.pings = 0
         self._partial = ""
 
     @classmethod
@@ -131,6 +132,8 @@ class RawClient:
                     self._partial = ""
             elif isinstance(event, Pong):
                 self.pongs.append(bytes(event.payload))
+            elif isinstance(event, Ping):
+                self.pings += 1
 
     async def read_until(self, done: Any, seconds: float = 20) -> None:
         with trio.fail_after(seconds):
@@ -211,8 +214,9 @@ async def test_frame_written_in_part_is_finished_before_anything_else(
         nursery: trio.Nursery, exporter: InMemorySpanExporter) -> None:
     """A frame the socket took in part: the rest goes out before the queued frames and
     before Hypercorn's pong to a ping that arrived meanwhile; nothing is lost or torn."""
+    # Pings every 50 ms meanwhile: never written while the frame's rest is pending.
     node = await start_node(nursery, exporter, outbound_queue_size=64, slow_consumer_timeout=30,
-                            **BIG_TEXT)
+                            ws_ping_interval=0.05, **BIG_TEXT)
     slow = await RawClient.connect(node, "username=slow", rcvbuf=4096)
     conn = member(node, "slow")
     direct = await direct_of(node, "slow")
@@ -265,4 +269,34 @@ async def test_rest_never_read_ends_the_connection_in_bounded_time(
             got = [json.loads(str(await other.get_message()))["text"] for _ in range(sent)]
     assert [int(t.split(":", 1)[0]) for t in got] == list(range(sent))
     await stuck.stream.aclose()
+    node.stop()
+
+
+async def test_the_node_pings_idle_connections_plain_and_deflate(
+        nursery: trio.Nursery, exporter: InMemorySpanExporter) -> None:
+    """One pinger task for the node (not Hypercorn's task per connection): every idle
+    connection gets a ping each ws_ping_interval, deflate ones too (control frames are
+    never compressed), and chat still decodes around the pings."""
+    node = await start_node(nursery, exporter, ws_ping_interval=0.1)
+    plain = await RawClient.connect(node, "username=plain")
+    deflated = await RawClient.connect(node, "username=deflated", deflate=True)
+    assert member(node, "deflated").direct is None  # broadcast frames: the writer's path
+    await plain.read_until(lambda: plain.pings >= 3, seconds=10)
+    await deflated.read_until(lambda: deflated.pings >= 3, seconds=10)
+    async with open_websocket_url(ws_url(node, "username=sender")) as sender:
+        for i in range(5):
+            await sender.send_message(f"{i}:between pings")
+            await trio.sleep(0.05)
+        await deflated.read_until(lambda: len(deflated.texts) >= 5)
+    assert deflated.indices() == list(range(5))
+    node.stop()
+
+
+async def test_no_pings_when_the_interval_is_zero(
+        nursery: trio.Nursery, exporter: InMemorySpanExporter) -> None:
+    node = await start_node(nursery, exporter, ws_ping_interval=0)
+    client = await RawClient.connect(node, "username=quiet")
+    with trio.move_on_after(1.5):
+        await client.read_until(lambda: False, seconds=10)
+    assert client.pings == 0
     node.stop()

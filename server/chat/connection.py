@@ -53,6 +53,8 @@ Outgoing = str | Wake
 # What offer() did with a frame (falsy: not delivered).
 DROPPED, QUEUED, WRITTEN = 0, 1, 2
 
+PING_FRAME = b"\x89\x00"  # FIN + ping, no payload, unmasked (a server's)
+
 
 class DirectWriter(Interface):
     """A socket the broadcaster may write whole frames to without waiting."""
@@ -74,7 +76,9 @@ class Connection:
     dropped: int = 0
     stuck_since: float | None = None
     close_request: tuple[int, str] | None = None
-    direct: DirectWriter | None = None
+    direct: DirectWriter | None = None  # for broadcast frames
+    control: DirectWriter | None = None  # for the node's pings (also with permessage-deflate)
+    ping_due: float = 0.0  # trio time of the next ping (Hub.run_pinger)
     # Frames queued or in the writer's hands, not yet written: direct writes wait for 0.
     backlog: int = 0
 
@@ -124,6 +128,19 @@ class Connection:
             return DROPPED
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return DROPPED
+
+    def ping(self) -> bool:
+        """Write a ping if the socket is free and nothing of this connection waits; a
+        connection that is busy writing needs none (its traffic shows a vanished peer)."""
+        sock = self.control
+        if sock is None or self.backlog or self.close_request is not None or not sock.write_now(PING_FRAME):
+            return False
+        if sock.pending:  # one byte of two: the writer finishes it
+            try:
+                self.queue_nowait(WAKE)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
+        return True
 
     def queue_nowait(self, item: Outgoing) -> None:
         """Queue for the writer (trio.WouldBlock when full, ClosedResourceError once closed)."""

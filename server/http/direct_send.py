@@ -9,8 +9,10 @@ per message, against one `write()` for the bytes every member gets alike
 (server/chat/wire.py). The profiles are in bench/RESULTS.md.
 
 How it stays correct:
-- Only HTTP/1.1 over plain TCP, with no extension negotiated (permessage-deflate frames
-  differ per connection): anything else gets None from `attach` and keeps the writer path.
+- Only HTTP/1.1 over plain TCP: anything else gets None from `attach` and keeps the writer
+  path. With permessage-deflate negotiated, data frames differ per connection, so such a
+  socket (`frames` False) takes control frames only: the node's pings (RFC 7692 compresses
+  data frames, never control frames).
 - Order: the connection writes directly only when nothing of it is queued or in its
   writer's hands (server/chat/connection.py counts that) and the connection's send lock
   is free, so a direct frame never overtakes another and never lands inside one.
@@ -97,9 +99,11 @@ def _deflate_accepted(ws: WSStream) -> bool:
 class DirectSocket:
     """One WebSocket connection's socket, written by the broadcaster when it is free."""
 
-    __slots__ = ("_lock", "_sock", "_stream", "_ws", "partial_writes", "pending")
+    __slots__ = ("_lock", "_sock", "_stream", "_ws", "frames", "partial_writes", "pending")
 
-    def __init__(self, ws: WSStream, stream: trio.SocketStream, lock: HandoffLock) -> None:
+    def __init__(self, ws: WSStream, stream: trio.SocketStream, lock: HandoffLock, *,
+                 frames: bool = True) -> None:
+        self.frames = frames  # False: control frames only (an extension transforms data frames)
         self._ws = ws
         self._stream = stream
         self._sock = stream.socket
@@ -110,7 +114,7 @@ class DirectSocket:
     @classmethod
     def attach(cls, send: Any) -> DirectSocket | None:
         """For the ASGI `send` of an accepted WebSocket: its socket, or None where direct
-        writes do not apply (another server, HTTP/2, TLS, an extension, a send in flight)."""
+        writes do not apply (another server, HTTP/2, TLS, a send in flight)."""
         ws = getattr(send, "__self__", None)
         if not isinstance(ws, WSStream) or ws.state is not ASGIWebsocketState.CONNECTED:
             return None
@@ -119,7 +123,7 @@ class DirectSocket:
         if not isinstance(h11, H11Protocol) or not isinstance(server, TCPServer):
             return None
         stream: Any = server.stream  # typed SSLStream by Hypercorn; a SocketStream without TLS
-        if type(stream) is not trio.SocketStream or _deflate_accepted(ws):
+        if type(stream) is not trio.SocketStream:
             return None
         current = server.send_lock
         if isinstance(current, HandoffLock):
@@ -130,7 +134,7 @@ class DirectSocket:
             server.send_lock = lock  # type: ignore[assignment]  # used only as `async with`
         else:
             return None
-        return cls(ws, stream, lock)
+        return cls(ws, stream, lock, frames=not _deflate_accepted(ws))
 
     def write_now(self, data: bytes) -> bool:
         """Write `data` (whole frames) if the socket is free and takes at least part of it

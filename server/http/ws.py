@@ -154,8 +154,9 @@ class WebSocketSession:
                 for message in self.hub.history(DEFAULT_ROOM):
                     self.conn.queue_nowait(Hub.encode_message(message, Protocol.TEXT))
             await self.send(accept)
-            if self.node.settings.ws_direct_writes:
-                self.direct = self.conn.direct = DirectSocket.attach(self.send)
+            self.direct = self.conn.control = DirectSocket.attach(self.send)
+            if self.direct is not None and self.direct.frames and self.node.settings.ws_direct_writes:
+                self.conn.direct = self.direct
             self.spans.connected()
             # The reader runs in this task; a writer only while something is queued
             # (an idle connection has no task of its own but Hypercorn's and this one).
@@ -185,7 +186,7 @@ class WebSocketSession:
 
     def _stop_direct(self) -> None:
         """No more direct writes; a frame left half written ends the socket (it cannot go on)."""
-        self.conn.direct = None
+        self.conn.direct = self.conn.control = None
         if self.direct is not None:
             self.direct.abandon()
 
