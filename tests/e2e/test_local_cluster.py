@@ -186,11 +186,25 @@ async def test_cluster_with_per_node_flags_is_a_config_error() -> None:
         assert "--peers: not with --cluster" in proc.stderr(), proc.describe()
 
 
-async def test_a_node_that_cannot_start_stops_the_cluster_with_exit_1() -> None:
-    """Node 1's HTTP port is taken: the supervisor says so, stops node 2 and exits 1."""
-    with socket.socket() as blocker:
+def _blocked_port_with_free_next() -> socket.socket:
+    """A listening socket on a free port whose next port is free too a moment ago (node 2's:
+    a client's ephemeral port there, e.g. one in TIME_WAIT, would fail node 2 first)."""
+    for _ in range(50):
+        blocker = socket.socket()
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", blocker.getsockname()[1] + 1))
+            return blocker
+        except OSError:
+            blocker.close()
+    raise RuntimeError("no free port with a free next port in 50 tries")
+
+
+async def test_a_node_that_cannot_start_stops_the_cluster_with_exit_1() -> None:
+    """Node 1's HTTP port is taken: the supervisor says so, stops node 2 and exits 1."""
+    with _blocked_port_with_free_next() as blocker:
         port = blocker.getsockname()[1]
         if port + 1 + 100 > 65535:
             pytest.skip("the OS gave a port too high to leave room for the cluster ports")
