@@ -2,9 +2,10 @@
 
 Served directly rather than through Quart's websocket machinery, which puts
 every inbound frame through a signal and an extra channel hop, and hides the
-close code a client sent. Each connection runs in its own nursery: a reader
-(client frames -> requests) and a writer (the only task that awaits the socket;
-the broadcaster may write a frame without awaiting: server/http/direct_send.py).
+close code a client sent. Each connection is read (client frames -> requests) in
+the task Hypercorn runs it in; a writer task, the only one that awaits the socket,
+runs in the connection's nursery while frames are queued (the broadcaster and the
+node's pinger may write a frame without awaiting: server/http/direct_send.py).
 
 Two protocols share the endpoint:
 - plain text (the original): `/ws?username=NAME`, one room `default`, a text
