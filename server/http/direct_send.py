@@ -97,7 +97,8 @@ def _deflate_accepted(ws: WSStream) -> bool:
 
 
 class DirectSocket:
-    """One WebSocket connection's socket, written by the broadcaster when it is free."""
+    """One WebSocket connection's socket, written by the broadcaster (frames) and the node's
+    pinger (pings) when it is free."""
 
     __slots__ = ("_lock", "_sock", "_stream", "_ws", "frames", "partial_writes", "pending")
 
