@@ -57,7 +57,7 @@ PING_FRAME = b"\x89\x00"  # FIN + ping, no payload, unmasked (a server's)
 
 
 class DirectWriter(Interface):
-    """A socket the broadcaster may write whole frames to without waiting."""
+    """A socket the broadcaster and the pinger may write whole frames to without waiting."""
 
     pending: bytes  # the rest of a frame written in part, for the writer task to finish
 
@@ -108,10 +108,7 @@ class Connection:
         if self.close_request is not None:
             return DROPPED
         if isinstance(frame, OutFrame):
-            direct = self.direct
-            if direct is not None and not self.backlog and direct.write_now(frame.wire):
-                if direct.pending:  # written in part: the writer finishes it
-                    self.queue_nowait(WAKE)
+            if self._write_now(self.direct, frame.wire):
                 return WRITTEN
             frame = frame.text
         try:
@@ -126,20 +123,24 @@ class Connection:
                 self.request_close(CLOSE_POLICY_VIOLATION,
                                    f"slow consumer: {self.dropped} messages dropped")
             return DROPPED
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except trio.ClosedResourceError:
             return DROPPED
 
     def ping(self) -> bool:
         """Write a ping if the socket is free and nothing of this connection waits; a
         connection that is busy writing needs none (its traffic shows a vanished peer)."""
-        sock = self.control
-        if sock is None or self.backlog or self.close_request is not None or not sock.write_now(PING_FRAME):
+        return self.close_request is None and self._write_now(self.control, PING_FRAME)
+
+    def _write_now(self, sock: DirectWriter | None, data: bytes) -> bool:
+        """`data` written to `sock` at once, if nothing of this connection is queued or in
+        its writer's hands (so nothing is overtaken) and the socket takes some of it now."""
+        if sock is None or self.backlog or not sock.write_now(data):
             return False
-        if sock.pending:  # one byte of two: the writer finishes it
+        if sock.pending:  # written in part: the writer finishes it (the queue is empty)
             try:
                 self.queue_nowait(WAKE)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass
+            except trio.ClosedResourceError:
+                pass  # the connection has ended: its socket is closed with the rest
         return True
 
     def queue_nowait(self, item: Outgoing) -> None:
@@ -149,7 +150,7 @@ class Connection:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
-        elif len(queue) >= self.queue_size + self.history_reserve:
+        elif len(queue) >= self.capacity:
             raise trio.WouldBlock
         queue.append(item)
         self.backlog += 1
@@ -206,7 +207,7 @@ class Connection:
             log.warning("closing connection %s (%s): %s", self.id, self.username, reason)
         try:
             self.queue_nowait(WAKE)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # full: the writer checks close_request after its current send
 
     def mark_drained(self) -> None:
